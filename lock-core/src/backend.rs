@@ -1,0 +1,122 @@
+//! The backend trait: one-shot primitives, nothing else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::BackendError;
+use crate::name::Token;
+
+/// A successful acquisition, as reported by a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquired {
+    /// The fencing token: strictly greater than every earlier one for this key (see the
+    /// backend's docs for exactly what it guarantees).
+    pub fencing_token: u64,
+    /// How long the lock is guaranteed to stay ours, measured from the moment the call
+    /// started. A single server reports the TTL; a quorum backend subtracts its elapsed
+    /// time and clock drift.
+    pub validity: Duration,
+}
+
+/// How [`LockBackend::extend`] changes a lock's time to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extend {
+    /// Adds this much to the time the lock has left.
+    By(Duration),
+    /// Sets the time the lock has left to exactly this.
+    To(Duration),
+}
+
+/// The primitive, one-shot operations a lock store offers.
+///
+/// Every method is one attempt: it does not wait, retry or sleep (except
+/// [`wait_for_release`](LockBackend::wait_for_release), whose whole job is to wait).
+/// Waiting, deadlines, backoff, re-entrancy and bookkeeping live once, in
+/// [`LockManager`](crate::LockManager).
+///
+/// Contention is never an error: a held key is `Ok(None)` / `Ok(false)`. An `Err` means
+/// the backend could not answer, so the caller does not know the key's state.
+///
+/// Keys arrive with the manager's prefix already applied and are arbitrary bytes;
+/// implementations must treat them as opaque data (never splice them into code).
+/// The trait is object-safe: `Box<dyn LockBackend>` is a backend too.
+pub trait LockBackend: Send + Sync + 'static {
+    /// Takes `key` for `ttl` with `token` if nobody holds it.
+    ///
+    /// Returns `Ok(None)` if another token holds the key. If `token` itself already holds
+    /// it (a retry after a lost reply), implementations should report success again
+    /// rather than contention.
+    fn try_acquire(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<Option<Acquired>, BackendError>;
+
+    /// Deletes `key` if and only if it is held by `token`, atomically. `Ok(false)` means
+    /// it had expired or is held by another token, which is left untouched.
+    fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError>;
+
+    /// Changes the time to live of `key` if and only if it is held by `token`,
+    /// atomically. Returns the new validity measured from the start of the call, or
+    /// `Ok(None)` if the key expired or is held by another token; an expired key is
+    /// never re-created.
+    fn extend(
+        &self,
+        key: &[u8],
+        token: &Token,
+        how: Extend,
+    ) -> Result<Option<Duration>, BackendError>;
+
+    /// The time `key` has left if it is held (by `token`, when one is given; by anybody
+    /// otherwise), `None` if it is not. A key held without an expiry (only possible if
+    /// something outside this library wrote it) reports [`Duration::MAX`].
+    fn inspect(&self, key: &[u8], token: Option<&Token>) -> Result<Option<Duration>, BackendError>;
+
+    /// Blocks for at most `timeout`, returning early if the backend learns that `key`
+    /// was released. The manager calls it between attempts; the default just sleeps.
+    /// A backend that can be woken (an in-process condition variable, a pub/sub
+    /// channel) makes hand-off faster without polling harder.
+    fn wait_for_release(&self, key: &[u8], timeout: Duration) {
+        let _ = key;
+        std::thread::sleep(timeout)
+    }
+}
+
+macro_rules! forward_backend {
+    ($($ty:ty),*) => {$(
+        impl<B: LockBackend + ?Sized> LockBackend for $ty {
+            fn try_acquire(
+                &self,
+                key: &[u8],
+                token: &Token,
+                ttl: Duration,
+            ) -> Result<Option<Acquired>, BackendError> {
+                (**self).try_acquire(key, token, ttl)
+            }
+            fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
+                (**self).release(key, token)
+            }
+            fn extend(
+                &self,
+                key: &[u8],
+                token: &Token,
+                how: Extend,
+            ) -> Result<Option<Duration>, BackendError> {
+                (**self).extend(key, token, how)
+            }
+            fn inspect(
+                &self,
+                key: &[u8],
+                token: Option<&Token>,
+            ) -> Result<Option<Duration>, BackendError> {
+                (**self).inspect(key, token)
+            }
+            fn wait_for_release(&self, key: &[u8], timeout: Duration) {
+                (**self).wait_for_release(key, timeout)
+            }
+        }
+    )*};
+}
+
+forward_backend!(Arc<B>, Box<B>, &'static B);

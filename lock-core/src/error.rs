@@ -1,0 +1,183 @@
+//! The one public error type and the backend error it wraps.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use crate::name::LockName;
+
+/// Everything that can go wrong when taking, holding or releasing a lock.
+///
+/// Contention is not an error: [`LockManager::try_lock`](crate::LockManager::try_lock)
+/// returns `Ok(None)` when somebody else holds the lock. Every variant names the lock it
+/// concerns (escaped for display, never a secret).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The lock stayed held by somebody else for the whole wait.
+    #[error("timed out after {waited:?} waiting for lock {name}")]
+    Timeout {
+        /// The lock that was asked for.
+        name: LockName,
+        /// How long the call waited before giving up.
+        waited: Duration,
+    },
+    /// The lock had expired or been taken over by another holder when we tried to release,
+    /// extend or check it. Nothing of the other holder's was touched.
+    #[error("lock {name} is no longer held by this guard (it expired or was taken over)")]
+    NotHeld {
+        /// The lock that was lost.
+        name: LockName,
+    },
+    /// The current thread already holds this lock through this manager, and the call did
+    /// not ask for re-entrancy; waiting would only wait on ourselves.
+    #[error("lock {name} is already held by this thread; waiting would deadlock (ask for a re-entrant lock to nest)")]
+    WouldDeadlock {
+        /// The lock that is already held.
+        name: LockName,
+    },
+    /// A name, TTL, wait or option was rejected before any I/O.
+    #[error("invalid argument{}: {reason}", fmt_opt_name(name))]
+    InvalidArgument {
+        /// The lock the argument was for, when there is one.
+        name: Option<LockName>,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The backend could not answer; the lock's state is unknown to this call.
+    #[error("backend failed for lock {name}: {source}")]
+    Backend {
+        /// The lock the call was for.
+        name: LockName,
+        /// What the backend reported; its own cause is kept in its `source()`.
+        #[source]
+        source: BackendError,
+    },
+}
+
+fn fmt_opt_name(name: &Option<LockName>) -> String {
+    match name {
+        Some(n) => format!(" for lock {n}"),
+        None => String::new(),
+    }
+}
+
+impl LockError {
+    /// The lock this error is about, if it concerns one.
+    pub fn name(&self) -> Option<&LockName> {
+        match self {
+            LockError::Timeout { name, .. }
+            | LockError::NotHeld { name }
+            | LockError::WouldDeadlock { name }
+            | LockError::Backend { name, .. } => Some(name),
+            LockError::InvalidArgument { name, .. } => name.as_ref(),
+        }
+    }
+
+    /// The backend failure's kind, when this is a [`LockError::Backend`].
+    pub fn backend_kind(&self) -> Option<BackendErrorKind> {
+        match self {
+            LockError::Backend { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn invalid(name: Option<&LockName>, reason: impl Into<String>) -> Self {
+        LockError::InvalidArgument {
+            name: name.cloned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What kind of failure a backend met. Lets callers tell "retry later" from "fix your
+/// configuration" without parsing messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The server could not be reached, or the connection broke.
+    Io,
+    /// The server did not answer within the configured timeout.
+    Timeout,
+    /// The server refused our credentials.
+    Auth,
+    /// The credentials were accepted but lack permission for a key or command.
+    Permission,
+    /// The server answered something the backend did not expect.
+    Protocol,
+    /// The backend's configuration (for example a URL) is invalid.
+    Config,
+    /// A multi-node backend could not reach a quorum because of node failures.
+    Quorum,
+    /// Anything else.
+    Other,
+}
+
+impl fmt::Display for BackendErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendErrorKind::Io => "i/o error",
+            BackendErrorKind::Timeout => "timed out",
+            BackendErrorKind::Auth => "authentication failed",
+            BackendErrorKind::Permission => "permission denied",
+            BackendErrorKind::Protocol => "unexpected reply",
+            BackendErrorKind::Config => "invalid configuration",
+            BackendErrorKind::Quorum => "quorum not reached",
+            BackendErrorKind::Other => "backend error",
+        })
+    }
+}
+
+/// A failure reported by a [`LockBackend`](crate::LockBackend): a kind, a message that
+/// never contains a secret, and the underlying error kept as `source()`.
+#[derive(Debug)]
+pub struct BackendError {
+    kind: BackendErrorKind,
+    message: String,
+    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl BackendError {
+    /// A new error of `kind` with a message. The message must not contain credentials.
+    pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
+        BackendError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Keeps `source` as the underlying cause.
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> BackendErrorKind {
+        self.kind
+    }
+
+    /// The message, without the kind.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}", self.kind)
+        } else {
+            write!(f, "{}: {}", self.kind, self.message)
+        }
+    }
+}
+
+impl StdError for BackendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}

@@ -1,0 +1,324 @@
+//! The RAII guard and the current thread's records of what it holds.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::backend::{Acquired, Extend};
+use crate::error::LockError;
+use crate::manager::Inner;
+use crate::name::{LockName, Token};
+use crate::options::check_ttl;
+
+/// One acquisition, shared by its outer guard and any nested (re-entrant) guards.
+pub(crate) struct Hold {
+    pub(crate) mgr: Arc<Inner>,
+    pub(crate) name: LockName,
+    pub(crate) key: Vec<u8>,
+    pub(crate) token: Token,
+    pub(crate) ttl: Duration,
+    pub(crate) fencing_token: u64,
+    pub(crate) state: Mutex<HoldState>,
+}
+
+pub(crate) struct HoldState {
+    /// Until when the backend vouched for the lock, on the manager's clock.
+    pub(crate) valid_until: Instant,
+    /// Set once the backend said the lock is no longer ours.
+    pub(crate) lost: bool,
+}
+
+struct Record {
+    hold: Arc<Hold>,
+    depth: usize,
+}
+
+thread_local! {
+    /// What this thread holds, per manager id and key.
+    static HELD: RefCell<HashMap<(u64, Vec<u8>), Record>> = RefCell::new(HashMap::new());
+}
+
+/// If this thread already holds `key` through `mgr`: a nested guard when `reentrant`,
+/// otherwise [`LockError::WouldDeadlock`]. `Ok(None)` if it does not hold it.
+pub(crate) fn held_by_this_thread(
+    mgr: &Arc<Inner>,
+    name: &LockName,
+    key: &[u8],
+    reentrant: bool,
+) -> Result<Option<LockGuard>, LockError> {
+    let found = HELD
+        .try_with(|held| {
+            let mut held = held.borrow_mut();
+            let rec = held.get_mut(&(mgr.id, key.to_vec()))?;
+            if reentrant {
+                rec.depth += 1;
+                Some(Ok(rec.hold.clone()))
+            } else {
+                Some(Err(()))
+            }
+        })
+        .ok()
+        .flatten();
+    match found {
+        None => Ok(None),
+        Some(Ok(hold)) => Ok(Some(LockGuard::from_hold(hold))),
+        Some(Err(())) => Err(LockError::WouldDeadlock { name: name.clone() }),
+    }
+}
+
+pub(crate) fn new_hold(
+    mgr: Arc<Inner>,
+    name: LockName,
+    key: Vec<u8>,
+    token: Token,
+    ttl: Duration,
+    acquired: Acquired,
+    attempt_start: Instant,
+) -> LockGuard {
+    let valid_until = attempt_start
+        .checked_add(acquired.validity)
+        .unwrap_or(attempt_start);
+    let hold = Arc::new(Hold {
+        mgr,
+        name,
+        key,
+        token,
+        ttl,
+        fencing_token: acquired.fencing_token,
+        state: Mutex::new(HoldState {
+            valid_until,
+            lost: false,
+        }),
+    });
+    let _ = HELD.try_with(|held| {
+        held.borrow_mut().insert(
+            (hold.mgr.id, hold.key.clone()),
+            Record {
+                hold: hold.clone(),
+                depth: 1,
+            },
+        );
+    });
+    LockGuard::from_hold(hold)
+}
+
+/// Proof that this thread holds a named lock; releases it when dropped.
+///
+/// Dropping the guard releases the lock with one bounded backend call (the backend's own
+/// timeouts apply); it never panics, and a failed release is logged at `warn` and left to
+/// the TTL. Call [`release`](LockGuard::release) instead to learn whether the lock was
+/// still ours.
+///
+/// # Why the guard is not `Send`
+/// The manager records, per thread, which locks the thread holds, so that asking again
+/// for a held lock fails at once instead of waiting on itself (and so re-entrant holds
+/// can nest). A guard moved to another thread would leave that record behind, so, like
+/// [`std::sync::MutexGuard`], the guard stays on the thread that took it (it is neither
+/// `Send` nor `Sync`). Share the manager between threads, not the guard.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[clippy::has_significant_drop]
+pub struct LockGuard {
+    hold: Arc<Hold>,
+    done: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl LockGuard {
+    fn from_hold(hold: Arc<Hold>) -> Self {
+        LockGuard {
+            hold,
+            done: false,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &LockName {
+        &self.hold.name
+    }
+
+    /// The fencing token of this acquisition: strictly greater than that of every earlier
+    /// acquisition of this name on the same backend. Pass it to the resource you protect
+    /// and have it reject writes carrying a smaller token than it has seen, so a holder
+    /// that stalled past its TTL cannot overwrite its successor's work.
+    pub fn fencing_token(&self) -> u64 {
+        self.hold.fencing_token
+    }
+
+    /// The TTL this lock was taken with (what [`renew`](LockGuard::renew) restores).
+    pub fn ttl(&self) -> Duration {
+        self.hold.ttl
+    }
+
+    /// How long the lock is still guaranteed to be ours, by the manager's monotonic clock,
+    /// counted conservatively from before the acquiring (or extending) request was sent.
+    /// Zero once it has passed. Asks nothing of the backend.
+    pub fn remaining(&self) -> Duration {
+        let until = self.hold.state.lock().valid_until;
+        until.saturating_duration_since(self.hold.mgr.clock.now())
+    }
+
+    /// Asks the backend whether the lock is still held with this guard's token.
+    ///
+    /// # Errors
+    /// [`LockError::Backend`] if the backend could not answer.
+    pub fn is_held(&self) -> Result<bool, LockError> {
+        let h = &self.hold;
+        let held = h
+            .mgr
+            .backend
+            .inspect(&h.key, Some(&h.token))
+            .map_err(|source| LockError::Backend {
+                name: h.name.clone(),
+                source,
+            })?;
+        if held.is_none() {
+            h.state.lock().lost = true;
+        }
+        Ok(held.is_some())
+    }
+
+    /// Adds `by` to the time the lock has left, if it is still ours.
+    ///
+    /// # Errors
+    /// [`LockError::NotHeld`] if it expired or was taken over (nothing is re-created),
+    /// [`LockError::InvalidArgument`] for `by` out of the TTL range, [`LockError::Backend`]
+    /// if the backend could not answer.
+    pub fn extend(&self, by: Duration) -> Result<(), LockError> {
+        let by = check_ttl(Some(&self.hold.name), by)?;
+        self.change_ttl(Extend::By(by))
+    }
+
+    /// Sets the time the lock has left to exactly `ttl`, if it is still ours.
+    ///
+    /// # Errors
+    /// As [`extend`](LockGuard::extend).
+    pub fn set_ttl(&self, ttl: Duration) -> Result<(), LockError> {
+        let ttl = check_ttl(Some(&self.hold.name), ttl)?;
+        self.change_ttl(Extend::To(ttl))
+    }
+
+    /// Resets the time the lock has left to the TTL it was taken with, if it is still ours.
+    ///
+    /// # Errors
+    /// As [`extend`](LockGuard::extend).
+    pub fn renew(&self) -> Result<(), LockError> {
+        self.change_ttl(Extend::To(self.hold.ttl))
+    }
+
+    fn change_ttl(&self, how: Extend) -> Result<(), LockError> {
+        let h = &self.hold;
+        let start = h.mgr.clock.now();
+        match h.mgr.backend.extend(&h.key, &h.token, how) {
+            Ok(Some(validity)) => {
+                let mut st = h.state.lock();
+                st.valid_until = start.checked_add(validity).unwrap_or(start);
+                Ok(())
+            }
+            Ok(None) => {
+                let mut st = h.state.lock();
+                st.lost = true;
+                st.valid_until = start;
+                Err(LockError::NotHeld {
+                    name: h.name.clone(),
+                })
+            }
+            Err(source) => Err(LockError::Backend {
+                name: h.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Releases the lock now and reports whether it was still ours.
+    ///
+    /// For a nested (re-entrant) guard this only ends the nesting; the lock is released
+    /// by the last guard of the hold.
+    ///
+    /// # Errors
+    /// [`LockError::NotHeld`] if the lock had expired or been taken over (the other
+    /// holder's key is left untouched), [`LockError::Backend`] if the backend could not
+    /// answer (the lock then expires by its TTL).
+    pub fn release(mut self) -> Result<(), LockError> {
+        self.done = true;
+        self.release_inner()
+    }
+
+    fn release_inner(&self) -> Result<(), LockError> {
+        let h = &self.hold;
+        let last = HELD
+            .try_with(|held| {
+                let mut held = held.borrow_mut();
+                let id = (h.mgr.id, h.key.clone());
+                match held.get_mut(&id) {
+                    Some(rec) if Arc::ptr_eq(&rec.hold, h) => {
+                        rec.depth -= 1;
+                        if rec.depth == 0 {
+                            held.remove(&id);
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    // No record (the thread's storage is being torn down): release.
+                    _ => true,
+                }
+            })
+            .unwrap_or(true);
+        if !last {
+            return Ok(());
+        }
+        match h.mgr.backend.release(&h.key, &h.token) {
+            Ok(true) => {
+                log::debug!("released lock {} (token {}…)", h.name, h.token.short());
+                Ok(())
+            }
+            Ok(false) => {
+                h.state.lock().lost = true;
+                Err(LockError::NotHeld {
+                    name: h.name.clone(),
+                })
+            }
+            Err(source) => Err(LockError::Backend {
+                name: h.name.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Err(e) = self.release_inner() {
+            log::warn!("releasing on drop failed: {e}");
+        }
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = &self.hold;
+        let (lost, until) = {
+            let st = h.state.lock();
+            (st.lost, st.valid_until)
+        };
+        f.debug_struct("LockGuard")
+            .field("name", &h.name)
+            .field("token", &h.token)
+            .field("fencing_token", &h.fencing_token)
+            .field(
+                "remaining",
+                &until.saturating_duration_since(h.mgr.clock.now()),
+            )
+            .field("lost", &lost)
+            .finish()
+    }
+}
