@@ -108,10 +108,7 @@ impl fmt::Debug for ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         let off = *self.inner.offset.lock();
-        self.inner
-            .base
-            .checked_add(off)
-            .unwrap_or(self.inner.base)
+        self.inner.base.checked_add(off).unwrap_or(self.inner.base)
     }
     fn sleep(&self, d: Duration) {
         self.advance(d)

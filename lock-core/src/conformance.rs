@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use crate::{
-    Acquired, BackendError, Clock, Extend, LockBackend, LockError, LockManager,
-    LockManagerBuilder, LockOptions, SystemClock, Token, MAX_NAME_LEN, MAX_TTL,
+    Acquired, BackendError, Clock, Extend, LockBackend, LockError, LockManager, LockManagerBuilder,
+    LockOptions, SystemClock, Token, MAX_NAME_LEN, MAX_TTL,
 };
 
 /// What a case needs: the backend under test and the clock its TTLs run on.
@@ -32,6 +32,8 @@ pub struct Harness<B> {
     clock: Arc<dyn Clock>,
     /// Slack for real backends: how late an answer may come (network, scheduling).
     slack: Duration,
+    /// Whatever must outlive the case, such as the server process under the backend.
+    _keep: Vec<Box<dyn std::any::Any>>,
 }
 
 impl<B: LockBackend + Clone> Harness<B> {
@@ -41,7 +43,14 @@ impl<B: LockBackend + Clone> Harness<B> {
             backend,
             clock: Arc::new(SystemClock),
             slack: Duration::from_millis(250),
+            _keep: Vec::new(),
         }
+    }
+
+    /// Keeps `value` (for example the server under the backend) alive until the case ends.
+    pub fn keep_alive(mut self, value: impl std::any::Any) -> Self {
+        self._keep.push(Box::new(value));
+        self
     }
 
     /// Uses `clock` for the manager and for [`Harness::sleep`]; pass the clock the
@@ -142,11 +151,7 @@ impl<B: LockBackend> LockBackend for Counting<B> {
         self.calls[2].fetch_add(1, Ordering::SeqCst);
         self.inner.extend(key, token, how)
     }
-    fn inspect(
-        &self,
-        key: &[u8],
-        token: Option<&Token>,
-    ) -> Result<Option<Duration>, BackendError> {
+    fn inspect(&self, key: &[u8], token: Option<&Token>) -> Result<Option<Duration>, BackendError> {
         self.calls[3].fetch_add(1, Ordering::SeqCst);
         self.inner.inspect(key, token)
     }
@@ -333,7 +338,10 @@ pub fn release_after_takeover_is_not_held_and_leaves_the_new_holder<B: LockBacke
         .unwrap();
     assert!(new.fencing_token() > old.fencing_token());
     let before = b.ttl(&name).unwrap().unwrap();
-    assert!(matches!(old.extend(ms(5000)), Err(LockError::NotHeld { .. })));
+    assert!(matches!(
+        old.extend(ms(5000)),
+        Err(LockError::NotHeld { .. })
+    ));
     assert!(matches!(old.release(), Err(LockError::NotHeld { .. })));
     let after = b.ttl(&name).unwrap().expect("new holder's key survives");
     assert!(after <= before, "the old holder changed the new TTL");
@@ -402,9 +410,7 @@ pub fn renew_resets_to_the_original_ttl<B: LockBackend + Clone>(h: &Harness<B>) 
     assert_eq!(g.ttl(), Duration::from_secs(10));
 }
 
-pub fn extend_after_expiry_fails_and_recreates_nothing<B: LockBackend + Clone>(
-    h: &Harness<B>,
-) {
+pub fn extend_after_expiry_fails_and_recreates_nothing<B: LockBackend + Clone>(h: &Harness<B>) {
     let mgr = h.manager();
     let name = fresh_name();
     let g = mgr
@@ -412,7 +418,10 @@ pub fn extend_after_expiry_fails_and_recreates_nothing<B: LockBackend + Clone>(
         .unwrap();
     h.sleep(ms(120));
     assert!(matches!(g.extend(ms(5000)), Err(LockError::NotHeld { .. })));
-    assert!(matches!(g.set_ttl(ms(5000)), Err(LockError::NotHeld { .. })));
+    assert!(matches!(
+        g.set_ttl(ms(5000)),
+        Err(LockError::NotHeld { .. })
+    ));
     assert!(matches!(g.renew(), Err(LockError::NotHeld { .. })));
     assert!(!g.is_held().unwrap());
     assert!(!mgr.is_locked(&name).unwrap());
@@ -463,7 +472,10 @@ pub fn reentrant_mode_nests<B: LockBackend + Clone>(h: &Harness<B>) {
         .unwrap();
     assert_eq!(inner.fencing_token(), outer.fencing_token());
     inner.release().unwrap();
-    assert!(mgr.is_locked(&name).unwrap(), "inner release freed the lock");
+    assert!(
+        mgr.is_locked(&name).unwrap(),
+        "inner release freed the lock"
+    );
     assert!(h.manager().try_lock(&name).unwrap().is_none());
     drop(outer);
     assert!(!mgr.is_locked(&name).unwrap());
@@ -491,7 +503,10 @@ pub fn retry_with_the_same_token_is_not_contention<B: LockBackend + Clone>(h: &H
     let k = key(&fresh_name());
     let t = Token::generate();
     let first = b.try_acquire(&k, &t, ms(5000)).unwrap().unwrap();
-    let again = b.try_acquire(&k, &t, ms(5000)).unwrap().expect("same token");
+    let again = b
+        .try_acquire(&k, &t, ms(5000))
+        .unwrap()
+        .expect("same token");
     assert_eq!(first.fencing_token, again.fencing_token);
     assert!(b.release(&k, &t).unwrap());
 }
@@ -559,7 +574,10 @@ pub fn bad_input_is_rejected_before_any_backend_call<B: LockBackend + Clone>(h: 
         MAX_TTL + ms(1),
         Duration::MAX,
     ] {
-        assert!(invalid(mgr.lock_with(&name, LockOptions::new().ttl(ttl)).map(|_| ())));
+        assert!(invalid(
+            mgr.lock_with(&name, LockOptions::new().ttl(ttl))
+                .map(|_| ())
+        ));
     }
     assert!(invalid(
         mgr.lock_with(&name, LockOptions::new().wait(Some(Duration::MAX)))
@@ -567,7 +585,9 @@ pub fn bad_input_is_rejected_before_any_backend_call<B: LockBackend + Clone>(h: 
     ));
     assert_eq!(counting.total(), 0, "invalid input reached the backend");
     for bad in [
-        LockManager::builder(h.backend().clone()).ttl(Duration::ZERO).build(),
+        LockManager::builder(h.backend().clone())
+            .ttl(Duration::ZERO)
+            .build(),
         LockManager::builder(h.backend().clone()).prefix("").build(),
         LockManager::builder(h.backend().clone())
             .retry_interval(ms(10), ms(1))
@@ -581,7 +601,10 @@ pub fn bad_input_is_rejected_before_any_backend_call<B: LockBackend + Clone>(h: 
     // The longest valid name works; guard calls reject bad durations too.
     let max = vec![b'y'; MAX_NAME_LEN];
     let g = h.manager().lock(&max).unwrap();
-    assert!(matches!(g.extend(Duration::ZERO), Err(LockError::InvalidArgument { .. })));
+    assert!(matches!(
+        g.extend(Duration::ZERO),
+        Err(LockError::InvalidArgument { .. })
+    ));
     assert!(matches!(
         g.set_ttl(Duration::MAX),
         Err(LockError::InvalidArgument { .. })

@@ -44,6 +44,14 @@ pub enum LockError {
         /// What was wrong with it.
         reason: String,
     },
+    /// A backend could not be set up (for example an invalid URL or option). Not about any
+    /// one lock.
+    #[error("backend setup failed: {source}")]
+    Setup {
+        /// What the backend reported.
+        #[source]
+        source: BackendError,
+    },
     /// The backend could not answer; the lock's state is unknown to this call.
     #[error("backend failed for lock {name}: {source}")]
     Backend {
@@ -53,6 +61,13 @@ pub enum LockError {
         #[source]
         source: BackendError,
     },
+}
+
+impl From<BackendError> for LockError {
+    /// A failure to set a backend up.
+    fn from(source: BackendError) -> Self {
+        LockError::Setup { source }
+    }
 }
 
 fn fmt_opt_name(name: &Option<LockName>) -> String {
@@ -71,13 +86,14 @@ impl LockError {
             | LockError::WouldDeadlock { name }
             | LockError::Backend { name, .. } => Some(name),
             LockError::InvalidArgument { name, .. } => name.as_ref(),
+            LockError::Setup { .. } => None,
         }
     }
 
     /// The backend failure's kind, when this is a [`LockError::Backend`].
     pub fn backend_kind(&self) -> Option<BackendErrorKind> {
         match self {
-            LockError::Backend { source, .. } => Some(source.kind()),
+            LockError::Backend { source, .. } | LockError::Setup { source } => Some(source.kind()),
             _ => None,
         }
     }

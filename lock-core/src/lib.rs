@@ -75,6 +75,6 @@ pub use guard::LockGuard;
 pub use manager::{LockManager, LockManagerBuilder};
 pub use name::{LockName, Token, MAX_NAME_LEN};
 pub use options::{
-    LockOptions, DEFAULT_PREFIX, DEFAULT_RETRY_MAX, DEFAULT_RETRY_MIN, DEFAULT_TTL,
-    DEFAULT_WAIT, MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT, MIN_TTL,
+    LockOptions, DEFAULT_PREFIX, DEFAULT_RETRY_MAX, DEFAULT_RETRY_MIN, DEFAULT_TTL, DEFAULT_WAIT,
+    MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT, MIN_TTL,
 };

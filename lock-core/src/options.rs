@@ -119,7 +119,9 @@ pub(crate) fn check_wait(
     match wait {
         Some(w) if w > MAX_WAIT => Err(LockError::invalid(
             name,
-            format!("wait {w:?} is longer than the maximum of {MAX_WAIT:?}; use None to wait forever"),
+            format!(
+                "wait {w:?} is longer than the maximum of {MAX_WAIT:?}; use None to wait forever"
+            ),
         )),
         other => Ok(other),
     }

@@ -30,9 +30,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lock_core::{
-    Acquired, BackendError, Clock, Extend, LockBackend, SystemClock, Token,
-};
+use lock_core::{Acquired, BackendError, Clock, Extend, LockBackend, SystemClock, Token};
 use parking_lot::{Condvar, Mutex};
 
 /// An in-process lock store. `Clone` shares the store: clones see the same locks.
@@ -196,11 +194,7 @@ impl LockBackend for MemoryBackend {
         }
     }
 
-    fn inspect(
-        &self,
-        key: &[u8],
-        token: Option<&Token>,
-    ) -> Result<Option<Duration>, BackendError> {
+    fn inspect(&self, key: &[u8], token: Option<&Token>) -> Result<Option<Duration>, BackendError> {
         let now = self.shared.clock.now();
         let mut st = self.shared.state.lock();
         Ok(st
@@ -254,9 +248,15 @@ mod tests {
         let clock = ManualClock::new();
         let b = MemoryBackend::with_clock(clock.clone());
         let t = Token::generate();
-        assert!(b.try_acquire(b"k", &t, Duration::from_millis(10)).unwrap().is_some());
+        assert!(b
+            .try_acquire(b"k", &t, Duration::from_millis(10))
+            .unwrap()
+            .is_some());
         clock.advance(Duration::from_millis(9));
-        assert_eq!(b.inspect(b"k", None).unwrap(), Some(Duration::from_millis(1)));
+        assert_eq!(
+            b.inspect(b"k", None).unwrap(),
+            Some(Duration::from_millis(1))
+        );
         clock.advance(Duration::from_millis(1));
         assert_eq!(b.inspect(b"k", None).unwrap(), None);
         assert!(b.is_empty());

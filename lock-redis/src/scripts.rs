@@ -1,0 +1,67 @@
+//! The Lua scripts, each loaded once per server and run by SHA.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Sets the lock if free and mints the next fencing token; a retry by the same token gets
+/// its lock refreshed and its fencing token back. KEYS: lock, counter. ARGV: token, ttl ms.
+pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('incr', KEYS[2])
+end
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return tonumber(redis.call('get', KEYS[2])) or 0
+end
+return false
+",
+    )
+});
+
+/// Deletes the lock only if it holds our token. KEYS: lock. ARGV: token.
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+",
+    )
+});
+
+/// Sets (ARGV[3] = 0) or adds to (ARGV[3] = 1) the TTL only if the lock holds our token;
+/// returns the new TTL in ms. KEYS: lock. ARGV: token, ms, mode.
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+  return false
+end
+local ttl = tonumber(ARGV[2])
+if ARGV[3] == '1' then
+  local left = redis.call('pttl', KEYS[1])
+  if left > 0 then
+    ttl = ttl + left
+  end
+end
+redis.call('pexpire', KEYS[1], ttl)
+return ttl
+",
+    )
+});
+
+/// The lock's PTTL if it holds our token, -2 otherwise. KEYS: lock. ARGV: token.
+pub(crate) static INSPECT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+  return -2
+end
+return redis.call('pttl', KEYS[1])
+",
+    )
+});

@@ -1,0 +1,199 @@
+//! What only the Redis backend has: wire behaviour, credentials, timeouts and faults, on
+//! real `redis-server` processes.
+
+use std::time::{Duration, Instant};
+
+use lock_core::{BackendErrorKind, LockError, LockManager, LockOptions};
+use lock_redis::RedisBackend;
+use lock_tests::harness::RedisServer;
+
+const SECRET: &str = "hunter2-very-secret";
+
+fn fresh() -> String {
+    lock_core::conformance::fresh_name()
+}
+
+fn short_timeouts(url: &str) -> RedisBackend {
+    RedisBackend::builder(url)
+        .connect_timeout(Duration::from_millis(200))
+        .read_timeout(Duration::from_millis(200))
+        .write_timeout(Duration::from_millis(200))
+        .checkout_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn keys_hold_the_token_and_the_fencing_counter() {
+    let server = RedisServer::shared();
+    let mgr = LockManager::new(RedisBackend::connect(&server.url()).unwrap());
+    let name = fresh();
+    let g = mgr.lock(&name).unwrap();
+    let mut conn = server.raw_connection();
+    let token: String = redis::cmd("GET")
+        .arg(format!("lock:{name}"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(token.len(), 32);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    let fence: u64 = redis::cmd("GET")
+        .arg(format!("fence:lock:{name}"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(fence, g.fencing_token());
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("lock:{name}"))
+        .query(&mut conn)
+        .unwrap();
+    assert!(pttl > 9_000 && pttl <= 10_000, "{pttl}");
+}
+
+#[test]
+fn scripts_run_by_sha_with_no_extra_round_trips() {
+    let server = RedisServer::start();
+    let mgr = LockManager::new(RedisBackend::connect(&server.url()).unwrap());
+    let mut conn = server.raw_connection();
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query::<()>(&mut conn)
+        .unwrap();
+    for _ in 0..20 {
+        mgr.lock(fresh()).unwrap().release().unwrap();
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .unwrap();
+    let calls = |cmd: &str| -> u64 {
+        info.lines()
+            .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|s| s.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // 20 acquires + 20 releases; each script loaded once after its first NOSCRIPT.
+    // (Commands called inside scripts are counted too, so GET/SET counts say nothing.)
+    assert_eq!(calls("evalsha"), 40 + 2, "{info}");
+    assert_eq!(calls("script|load"), 2, "{info}");
+    assert_eq!(calls("eval"), 0, "{info}");
+    assert_eq!(calls("ping"), 0, "no ping on checkout");
+}
+
+#[test]
+fn password_in_url_works_and_never_shows() {
+    let server = RedisServer::start_with(&["--requirepass", SECRET]);
+    let url = format!("redis://:{SECRET}@{}/", server.addr());
+    let backend = RedisBackend::connect(&url).unwrap();
+    let mgr = LockManager::new(backend.clone());
+    let g = mgr.lock(fresh()).unwrap();
+    for shown in [
+        format!("{backend:?}"),
+        format!("{mgr:?}"),
+        format!("{g:?}"),
+        backend.addr().to_owned(),
+    ] {
+        assert!(!shown.contains(SECRET), "{shown}");
+    }
+    g.release().unwrap();
+}
+
+#[test]
+fn acl_user_in_url_works() {
+    let server = RedisServer::start_with(&["--user", "locker on >lockerpw ~lock:* ~fence:* +@all"]);
+    let url = format!("redis://locker:lockerpw@{}/", server.addr());
+    let mgr = LockManager::new(RedisBackend::connect(&url).unwrap());
+    mgr.lock(fresh()).unwrap().release().unwrap();
+}
+
+#[test]
+fn wrong_password_is_an_auth_error_without_the_password() {
+    let server = RedisServer::start_with(&["--requirepass", SECRET]);
+    let wrong = "not-the-password-xyz";
+    let url = format!("redis://:{wrong}@{}/", server.addr());
+    let mgr = LockManager::new(short_timeouts(&url));
+    let err = mgr.lock(fresh()).unwrap_err();
+    assert_eq!(err.backend_kind(), Some(BackendErrorKind::Auth), "{err}");
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains(wrong) && !text.contains(SECRET), "{text}");
+}
+
+#[test]
+fn forbidden_key_is_a_permission_error() {
+    let server = RedisServer::start_with(&["--user", "narrow on >pw ~lock:* +@all"]);
+    let url = format!("redis://narrow:pw@{}/", server.addr());
+    let mgr = LockManager::new(RedisBackend::connect(&url).unwrap());
+    let name = fresh();
+    let err = mgr.try_lock(&name).unwrap_err();
+    assert_eq!(
+        err.backend_kind(),
+        Some(BackendErrorKind::Permission),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error_within_the_timeouts() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mgr = LockManager::new(short_timeouts(&format!("redis://127.0.0.1:{port}/")));
+    let start = Instant::now();
+    let err = mgr.lock(fresh()).unwrap_err();
+    assert!(matches!(err, LockError::Backend { .. }), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn paused_server_times_out_instead_of_hanging() {
+    let server = RedisServer::start();
+    let backend = short_timeouts(&server.url());
+    let mgr = LockManager::new(backend.clone());
+    backend.ping().unwrap();
+    server.pause();
+    let start = Instant::now();
+    let err = mgr
+        .lock_with(
+            fresh(),
+            LockOptions::new().wait(Some(Duration::from_secs(10))),
+        )
+        .unwrap_err();
+    let took = start.elapsed();
+    server.resume();
+    assert_eq!(err.backend_kind(), Some(BackendErrorKind::Timeout), "{err}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[test]
+fn a_restarted_server_is_used_again_without_an_error() {
+    let mut server = RedisServer::start();
+    let mgr = LockManager::new(RedisBackend::connect(&server.url()).unwrap());
+    mgr.lock(fresh()).unwrap().release().unwrap();
+    server.kill();
+    server.restart();
+    // The pooled connection broke while idle; the retry on a fresh one hides it.
+    mgr.lock(fresh()).unwrap().release().unwrap();
+}
+
+#[test]
+fn bad_urls_are_setup_errors() {
+    for url in [
+        "",
+        "http://127.0.0.1/",
+        "redis://127.0.0.1/notadb",
+        "redis://:pw@/",
+    ] {
+        let err = RedisBackend::connect(url).unwrap_err();
+        assert!(matches!(err, LockError::Setup { .. }), "{url}: {err}");
+        assert!(!err.to_string().contains("pw@"), "{err}");
+    }
+    assert!(RedisBackend::builder("redis://127.0.0.1/")
+        .pool_size(0)
+        .build()
+        .is_err());
+}
