@@ -73,6 +73,21 @@ pub trait LockBackend: Send + Sync + 'static {
     /// something outside this library wrote it) reports [`Duration::MAX`].
     fn inspect(&self, key: &[u8], token: Option<&Token>) -> Result<Option<Duration>, BackendError>;
 
+    /// Deletes `key` whoever holds it. Only for administrators clearing a lock whose holder
+    /// is known to be gone: the holder is not told and may still be working. `Ok(false)`
+    /// if the key did not exist.
+    fn force_release(&self, key: &[u8]) -> Result<bool, BackendError>;
+
+    /// Checks that the backend answers (for example a `PING` on every node).
+    fn health_check(&self) -> Result<(), BackendError>;
+
+    /// A handle on the same store with connections of its own, for the manager's renewal
+    /// thread, so renewals never queue behind callers for a pooled connection. `None`
+    /// (the default) means `self` is fine to share.
+    fn dedicated(&self) -> Option<Box<dyn LockBackend>> {
+        None
+    }
+
     /// Blocks for at most `timeout`, returning early if the backend learns that `key`
     /// was released. The manager calls it between attempts; the default just sleeps.
     /// A backend that can be woken (an in-process condition variable, a pub/sub
@@ -111,6 +126,15 @@ macro_rules! forward_backend {
                 token: Option<&Token>,
             ) -> Result<Option<Duration>, BackendError> {
                 (**self).inspect(key, token)
+            }
+            fn force_release(&self, key: &[u8]) -> Result<bool, BackendError> {
+                (**self).force_release(key)
+            }
+            fn health_check(&self) -> Result<(), BackendError> {
+                (**self).health_check()
+            }
+            fn dedicated(&self) -> Option<Box<dyn LockBackend>> {
+                (**self).dedicated()
             }
             fn wait_for_release(&self, key: &[u8], timeout: Duration) {
                 (**self).wait_for_release(key, timeout)

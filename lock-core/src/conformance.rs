@@ -110,7 +110,7 @@ pub fn fresh_name() -> String {
 #[derive(Clone)]
 pub struct Counting<B> {
     inner: B,
-    calls: Arc<[AtomicUsize; 5]>,
+    calls: Arc<[AtomicUsize; 7]>,
 }
 
 impl<B> Counting<B> {
@@ -154,6 +154,14 @@ impl<B: LockBackend> LockBackend for Counting<B> {
     fn inspect(&self, key: &[u8], token: Option<&Token>) -> Result<Option<Duration>, BackendError> {
         self.calls[3].fetch_add(1, Ordering::SeqCst);
         self.inner.inspect(key, token)
+    }
+    fn force_release(&self, key: &[u8]) -> Result<bool, BackendError> {
+        self.calls[5].fetch_add(1, Ordering::SeqCst);
+        self.inner.force_release(key)
+    }
+    fn health_check(&self) -> Result<(), BackendError> {
+        self.calls[6].fetch_add(1, Ordering::SeqCst);
+        self.inner.health_check()
     }
     fn wait_for_release(&self, key: &[u8], timeout: Duration) {
         self.calls[4].fetch_add(1, Ordering::SeqCst);

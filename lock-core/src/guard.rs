@@ -120,6 +120,14 @@ pub(crate) fn new_hold(
 /// can nest). A guard moved to another thread would leave that record behind, so, like
 /// [`std::sync::MutexGuard`], the guard stays on the thread that took it (it is neither
 /// `Send` nor `Sync`). Share the manager between threads, not the guard.
+///
+/// ```compile_fail
+/// # use lock_core::LockManager;
+/// # use lock_memory::MemoryBackend;
+/// let mgr = LockManager::new(MemoryBackend::new());
+/// let guard = mgr.lock("x").unwrap();
+/// std::thread::spawn(move || drop(guard)); // error: `LockGuard` cannot be sent between threads
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped"]
 #[clippy::has_significant_drop]
 pub struct LockGuard {

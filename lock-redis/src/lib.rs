@@ -70,12 +70,26 @@ struct Inner {
 }
 
 enum Pool {
-    Own(r2d2::Pool<Connector>),
+    /// Ours, with the connector kept to open a dedicated pool for renewals.
+    Own(r2d2::Pool<Connector>, Connector),
     Given(r2d2::Pool<redis::Client>),
+}
+
+fn own_pool(connector: &Connector, size: u32, checkout_timeout: Duration) -> Pool {
+    let pool = r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        // A PING per checkout would double the round trips; broken connections are
+        // noticed on use instead (see `RedisBackend::run`).
+        .test_on_check_out(false)
+        .connection_timeout(checkout_timeout)
+        .build_unchecked(connector.clone());
+    Pool::Own(pool, connector.clone())
 }
 
 /// Opens connections with a connect timeout and sets read/write timeouts on them (the
 /// `redis` crate's own r2d2 manager connects without a timeout).
+#[derive(Clone)]
 struct Connector {
     client: redis::Client,
     connect_timeout: Duration,
@@ -169,7 +183,7 @@ impl RedisBackend {
         let mut last = None;
         for _ in 0..attempts {
             let result = match &self.inner.pool {
-                Pool::Own(p) => p
+                Pool::Own(p, _) => p
                     .get()
                     .map_err(|e| error::pool_error(&self.inner.addr, &e))
                     .and_then(|mut c| f(&mut *c).map_err(|e| self.err(&e))),
@@ -277,6 +291,28 @@ impl LockBackend for RedisBackend {
             _ => None,
         })
     }
+
+    fn force_release(&self, key: &[u8]) -> Result<bool, BackendError> {
+        let deleted: i64 = self.run(true, |c| redis::cmd("DEL").arg(key).query(c))?;
+        Ok(deleted == 1)
+    }
+
+    fn health_check(&self) -> Result<(), BackendError> {
+        self.ping()
+    }
+
+    fn dedicated(&self) -> Option<Box<dyn LockBackend>> {
+        let Pool::Own(pool, connector) = &self.inner.pool else {
+            return None;
+        };
+        Some(Box::new(RedisBackend {
+            inner: Arc::new(Inner {
+                pool: own_pool(connector, 1, pool.connection_timeout()),
+                fencing_prefix: self.inner.fencing_prefix.clone(),
+                addr: self.inner.addr.clone(),
+            }),
+        }))
+    }
 }
 
 /// Configures a [`RedisBackend`]. Every setter says its default.
@@ -376,20 +412,15 @@ impl RedisBackendBuilder {
         }
         let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
         let client = redis::Client::open(info).map_err(|e| to_backend_error(&addr, &e))?;
-        let pool = r2d2::Pool::builder()
-            .max_size(self.pool_size)
-            .min_idle(Some(0))
-            .test_on_check_out(false)
-            .connection_timeout(self.checkout_timeout)
-            .build_unchecked(Connector {
-                client,
-                connect_timeout: self.connect_timeout,
-                read_timeout: self.read_timeout,
-                write_timeout: self.write_timeout,
-            });
+        let connector = Connector {
+            client,
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            write_timeout: self.write_timeout,
+        };
         Ok(RedisBackend {
             inner: Arc::new(Inner {
-                pool: Pool::Own(pool),
+                pool: own_pool(&connector, self.pool_size, self.checkout_timeout),
                 fencing_prefix: self.fencing_prefix,
                 addr,
             }),
