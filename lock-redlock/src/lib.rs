@@ -1,0 +1,1 @@
+//! Redlock backend (in progress).
