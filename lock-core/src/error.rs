@@ -29,6 +29,15 @@ pub enum LockError {
         /// The lock that was lost.
         name: LockName,
     },
+    /// The lock is known lost (renewal found it gone, or its validity passed): work done
+    /// under it from now on is not exclusive.
+    #[error("lock {name} was lost: {reason}")]
+    Lost {
+        /// The lock that was lost.
+        name: LockName,
+        /// Why.
+        reason: crate::LossReason,
+    },
     /// The current thread already holds this lock through this manager, and the call did
     /// not ask for re-entrancy; waiting would only wait on ourselves.
     #[error("lock {name} is already held by this thread; waiting would deadlock (ask for a re-entrant lock to nest)")]
@@ -83,6 +92,7 @@ impl LockError {
         match self {
             LockError::Timeout { name, .. }
             | LockError::NotHeld { name }
+            | LockError::Lost { name, .. }
             | LockError::WouldDeadlock { name }
             | LockError::Backend { name, .. } => Some(name),
             LockError::InvalidArgument { name, .. } => name.as_ref(),

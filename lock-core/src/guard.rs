@@ -14,6 +14,7 @@ use crate::error::LockError;
 use crate::manager::Inner;
 use crate::name::{LockName, Token};
 use crate::options::check_ttl;
+use crate::stats::bump;
 
 /// One acquisition, shared by its outer guard and any nested (re-entrant) guards.
 pub(crate) struct Hold {
@@ -23,14 +24,121 @@ pub(crate) struct Hold {
     pub(crate) token: Token,
     pub(crate) ttl: Duration,
     pub(crate) fencing_token: u64,
+    pub(crate) acquired_at: Instant,
+    /// Renewal stops here (`max_hold`); `None` without a cap or without renewal.
+    pub(crate) max_hold_until: Option<Instant>,
+    pub(crate) on_lost: Option<LostCallback>,
     pub(crate) state: Mutex<HoldState>,
 }
 
 pub(crate) struct HoldState {
     /// Until when the backend vouched for the lock, on the manager's clock.
     pub(crate) valid_until: Instant,
-    /// Set once the backend said the lock is no longer ours.
-    pub(crate) lost: bool,
+    /// Why the lock is known to be lost, once it is.
+    pub(crate) lost: Option<LossReason>,
+    /// Whether the renewal thread keeps this hold alive.
+    pub(crate) renew: bool,
+    pub(crate) next_renewal: Instant,
+    pub(crate) cap_reached: bool,
+    pub(crate) released: bool,
+}
+
+impl HoldState {
+    pub(crate) fn renewing(&self) -> bool {
+        self.renew && !self.released && self.lost.is_none() && !self.cap_reached
+    }
+}
+
+impl Hold {
+    /// Records that the lock is gone; the first report counts, logs and calls back.
+    pub(crate) fn mark_lost(&self, reason: LossReason) {
+        {
+            let mut st = self.state.lock();
+            if st.released || st.lost.is_some() {
+                return;
+            }
+            st.lost = Some(reason);
+        }
+        bump(&self.mgr.stats.lost);
+        log::warn!(
+            "lost lock {} (token {}…): {reason}",
+            self.name,
+            self.token.short()
+        );
+        if let Some(cb) = &self.on_lost {
+            (cb.0)(&self.name, reason);
+        }
+    }
+
+    fn check(&self) -> Result<(), LockError> {
+        let st = self.state.lock();
+        let reason = match st.lost {
+            Some(reason) => reason,
+            None if self.mgr.clock.now() >= st.valid_until => {
+                if st.cap_reached {
+                    LossReason::HoldCapReached
+                } else {
+                    LossReason::Expired
+                }
+            }
+            None => return Ok(()),
+        };
+        Err(LockError::Lost {
+            name: self.name.clone(),
+            reason,
+        })
+    }
+}
+
+/// Why a hold is no longer valid, as reported by [`LockGuard::check`] and the lost-lock
+/// callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// Its validity ran out without being renewed.
+    Expired,
+    /// The backend said the key is gone or holds another token.
+    TakenOver,
+    /// Renewal kept failing (the backend did not answer) until the validity ran out.
+    RenewalFailed,
+    /// Renewal stopped at the hold cap (`max_hold`) and the TTL then ran out.
+    HoldCapReached,
+}
+
+impl fmt::Display for LossReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LossReason::Expired => "its validity ran out",
+            LossReason::TakenOver => "it expired or was taken over on the backend",
+            LossReason::RenewalFailed => "renewal failed until its validity ran out",
+            LossReason::HoldCapReached => "renewal stopped at the hold cap and its TTL ran out",
+        })
+    }
+}
+
+/// A callback run (on the renewal thread) when renewal finds a lock lost. It must not
+/// block for long: it delays the renewal of other locks.
+#[derive(Clone)]
+pub struct LostCallback(pub(crate) Arc<dyn Fn(&LockName, LossReason) + Send + Sync>);
+
+impl LostCallback {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn(&LockName, LossReason) + Send + Sync + 'static) -> Self {
+        LostCallback(Arc::new(f))
+    }
+}
+
+impl fmt::Debug for LostCallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LostCallback")
+    }
+}
+
+/// How a new hold is to be kept.
+pub(crate) struct HoldPlan {
+    pub(crate) renew: bool,
+    pub(crate) max_hold: Option<Duration>,
+    pub(crate) on_lost: Option<LostCallback>,
 }
 
 struct Record {
@@ -71,6 +179,7 @@ pub(crate) fn held_by_this_thread(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn new_hold(
     mgr: Arc<Inner>,
     name: LockName,
@@ -79,10 +188,15 @@ pub(crate) fn new_hold(
     ttl: Duration,
     acquired: Acquired,
     attempt_start: Instant,
+    plan: HoldPlan,
 ) -> LockGuard {
     let valid_until = attempt_start
         .checked_add(acquired.validity)
         .unwrap_or(attempt_start);
+    let max_hold_until = plan
+        .max_hold
+        .filter(|_| plan.renew)
+        .and_then(|d| attempt_start.checked_add(d));
     let hold = Arc::new(Hold {
         mgr,
         name,
@@ -90,11 +204,25 @@ pub(crate) fn new_hold(
         token,
         ttl,
         fencing_token: acquired.fencing_token,
+        acquired_at: attempt_start,
+        max_hold_until,
+        on_lost: plan.on_lost,
         state: Mutex::new(HoldState {
             valid_until,
-            lost: false,
+            lost: None,
+            renew: plan.renew,
+            next_renewal: attempt_start.checked_add(ttl / 3).unwrap_or(attempt_start),
+            cap_reached: false,
+            released: false,
         }),
     });
+    if plan.renew {
+        if let Err(e) = hold.mgr.renew(&hold) {
+            // Without a renewal thread the lock still works; it just is not renewed.
+            log::warn!("cannot renew lock {}: {e}", hold.name);
+            hold.state.lock().renew = false;
+        }
+    }
     let _ = HELD.try_with(|held| {
         held.borrow_mut().insert(
             (hold.mgr.id, hold.key.clone()),
@@ -171,6 +299,43 @@ impl LockGuard {
         until.saturating_duration_since(self.hold.mgr.clock.now())
     }
 
+    /// `Ok(())` while the lock is still valid as far as this process knows; an error once
+    /// it is known lost or its validity has passed. Asks nothing of the backend, so it is
+    /// cheap enough to call between every step of long work:
+    ///
+    /// ```
+    /// # use lock_core::{LockManager, LockOptions, LockError};
+    /// # use lock_memory::MemoryBackend;
+    /// # fn main() -> Result<(), LockError> {
+    /// # let mgr = LockManager::new(MemoryBackend::new());
+    /// let guard = mgr.lock_with("import", LockOptions::new().auto_renew(true))?;
+    /// for batch in 0..3 {
+    ///     guard.check()?;          // stop as soon as the lock is lost
+    ///     let _ = batch;           // ... work ...
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Detection is cooperative: nothing stops code that does not check. For writes that
+    /// must never come from a stale holder, pass the [fencing token](LockGuard::fencing_token)
+    /// to the resource as well.
+    ///
+    /// # Errors
+    /// [`LockError::Lost`] with the [`LossReason`].
+    pub fn check(&self) -> Result<(), LockError> {
+        self.hold.check()
+    }
+
+    /// Whether [`check`](LockGuard::check) would fail.
+    pub fn is_lost(&self) -> bool {
+        self.hold.check().is_err()
+    }
+
+    /// Whether the manager's renewal thread is keeping this lock alive right now.
+    pub fn is_renewing(&self) -> bool {
+        self.hold.state.lock().renewing()
+    }
+
     /// Asks the backend whether the lock is still held with this guard's token.
     ///
     /// # Errors
@@ -186,7 +351,7 @@ impl LockGuard {
                 source,
             })?;
         if held.is_none() {
-            h.state.lock().lost = true;
+            h.mark_lost(LossReason::TakenOver);
         }
         Ok(held.is_some())
     }
@@ -229,9 +394,8 @@ impl LockGuard {
                 Ok(())
             }
             Ok(None) => {
-                let mut st = h.state.lock();
-                st.lost = true;
-                st.valid_until = start;
+                h.state.lock().valid_until = start;
+                h.mark_lost(LossReason::TakenOver);
                 Err(LockError::NotHeld {
                     name: h.name.clone(),
                 })
@@ -281,22 +445,25 @@ impl LockGuard {
         if !last {
             return Ok(());
         }
-        match h.mgr.backend.release(&h.key, &h.token) {
+        // Stop renewal before deleting, so it cannot report the deletion as a loss.
+        h.state.lock().released = true;
+        let stats = &h.mgr.stats;
+        stats.add_hold(h.mgr.clock.now().saturating_duration_since(h.acquired_at));
+        let result = match h.mgr.backend.release(&h.key, &h.token) {
             Ok(true) => {
                 log::debug!("released lock {} (token {}…)", h.name, h.token.short());
-                Ok(())
+                return Ok(());
             }
-            Ok(false) => {
-                h.state.lock().lost = true;
-                Err(LockError::NotHeld {
-                    name: h.name.clone(),
-                })
-            }
-            Err(source) => Err(LockError::Backend {
+            Ok(false) => LockError::NotHeld {
+                name: h.name.clone(),
+            },
+            Err(source) => LockError::Backend {
                 name: h.name.clone(),
                 source,
-            }),
-        }
+            },
+        };
+        bump(&stats.failed_releases);
+        Err(result)
     }
 }
 

@@ -64,6 +64,8 @@ mod guard;
 mod manager;
 mod name;
 mod options;
+mod renew;
+mod stats;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -71,10 +73,11 @@ pub mod conformance;
 pub use backend::{Acquired, Extend, LockBackend};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BackendError, BackendErrorKind, LockError};
-pub use guard::LockGuard;
-pub use manager::{LockManager, LockManagerBuilder};
+pub use guard::{LockGuard, LossReason, LostCallback};
+pub use manager::{LockManager, LockManagerBuilder, MultiGuard};
 pub use name::{LockName, Token, MAX_NAME_LEN};
 pub use options::{
     LockOptions, DEFAULT_PREFIX, DEFAULT_RETRY_MAX, DEFAULT_RETRY_MIN, DEFAULT_TTL, DEFAULT_WAIT,
     MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT, MIN_TTL,
 };
+pub use stats::LockStats;

@@ -5,14 +5,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rand::Rng;
 
 use crate::backend::LockBackend;
 use crate::clock::{Clock, SystemClock};
 use crate::error::LockError;
-use crate::guard::{self, LockGuard};
+use crate::guard::{self, Hold, HoldPlan, LockGuard, LostCallback};
 use crate::name::{LockName, Token};
 use crate::options::*;
+use crate::renew::Renewer;
+use crate::stats::{bump, LockStats, Stats};
 
 static NEXT_MANAGER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -41,16 +44,42 @@ pub struct LockManager {
 
 pub(crate) struct Inner {
     pub(crate) id: u64,
-    pub(crate) backend: Box<dyn LockBackend>,
+    pub(crate) backend: Arc<dyn LockBackend>,
     pub(crate) ttl: Duration,
     pub(crate) wait: Option<Duration>,
     pub(crate) retry_min: Duration,
     pub(crate) retry_max: Duration,
     pub(crate) prefix: Vec<u8>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) auto_renew: bool,
+    pub(crate) max_hold: Option<Duration>,
+    pub(crate) on_lost: Option<LostCallback>,
+    pub(crate) stats: Arc<Stats>,
+    /// Started on the first renewing hold; stops when the manager is dropped.
+    renewer: Mutex<Option<Renewer>>,
 }
 
 impl Inner {
+    /// Hands `hold` to the manager's renewal thread, starting it if needed.
+    pub(crate) fn renew(&self, hold: &Arc<Hold>) -> std::io::Result<()> {
+        let mut renewer = self.renewer.lock();
+        if renewer.is_none() {
+            let backend = self
+                .backend
+                .dedicated()
+                .map_or_else(|| self.backend.clone(), Arc::from);
+            *renewer = Some(Renewer::start(
+                backend,
+                self.clock.clone(),
+                self.stats.clone(),
+            )?);
+        }
+        if let Some(r) = renewer.as_ref() {
+            r.add(hold);
+        }
+        Ok(())
+    }
+
     pub(crate) fn key(&self, name: &LockName) -> Vec<u8> {
         let mut key = Vec::with_capacity(self.prefix.len() + name.as_bytes().len());
         key.extend_from_slice(&self.prefix);
@@ -74,7 +103,8 @@ impl fmt::Debug for LockManager {
 
 impl LockManager {
     /// A manager over `backend` with every default: TTL 10 s, `lock()` waits up to 30 s,
-    /// retries jittered from 1 ms doubling to 100 ms, key prefix `lock:`, system clock.
+    /// retries jittered from 1 ms doubling to 100 ms, key prefix `lock:`, system clock, no
+    /// automatic renewal.
     pub fn new(backend: impl LockBackend) -> Self {
         match Self::builder(backend).build() {
             Ok(m) => m,
@@ -86,13 +116,16 @@ impl LockManager {
     /// A builder over `backend`, starting from the defaults of [`LockManager::new`].
     pub fn builder(backend: impl LockBackend) -> LockManagerBuilder {
         LockManagerBuilder {
-            backend: Box::new(backend),
+            backend: Arc::new(backend),
             ttl: DEFAULT_TTL,
             wait: Some(DEFAULT_WAIT),
             retry_min: DEFAULT_RETRY_MIN,
             retry_max: DEFAULT_RETRY_MAX,
             prefix: DEFAULT_PREFIX.as_bytes().to_vec(),
             clock: Arc::new(SystemClock),
+            auto_renew: false,
+            max_hold: None,
+            on_lost: None,
         }
     }
 
@@ -113,11 +146,12 @@ impl LockManager {
     /// As [`lock`](LockManager::lock), except that contention is `Ok(None)`, not a timeout.
     pub fn try_lock(&self, name: impl AsRef<[u8]>) -> Result<Option<LockGuard>, LockError> {
         let name = check_name(name.as_ref())?;
-        let ttl = self.inner.ttl;
-        self.acquire(name, ttl, Some(Duration::ZERO), false)
+        let now = self.inner.clock.now();
+        let acquired = self.acquire(name, self.inner.ttl, Some(now), &LockOptions::new())?;
+        Ok(acquired)
     }
 
-    /// Takes `name` with per-call options (TTL, wait, re-entrancy).
+    /// Takes `name` with per-call options (TTL, wait, re-entrancy, renewal).
     ///
     /// # Errors
     /// As [`lock`](LockManager::lock), plus [`LockError::InvalidArgument`] for a TTL or
@@ -128,16 +162,66 @@ impl LockManager {
         options: LockOptions,
     ) -> Result<LockGuard, LockError> {
         let name = check_name(name.as_ref())?;
-        let ttl = check_ttl(Some(&name), options.ttl.unwrap_or(self.inner.ttl))?;
-        let wait = check_wait(Some(&name), options.wait.unwrap_or(self.inner.wait))?;
-        let started = self.inner.clock.now();
-        match self.acquire(name.clone(), ttl, wait, options.reentrant)? {
-            Some(g) => Ok(g),
-            None => Err(LockError::Timeout {
-                name,
-                waited: self.inner.clock.now().saturating_duration_since(started),
-            }),
+        let (ttl, wait) = self.resolve(&name, &options)?;
+        let start = self.inner.clock.now();
+        let deadline = wait.and_then(|w| start.checked_add(w));
+        self.acquire_or_time_out(name, ttl, (start, deadline), &options)
+    }
+
+    /// Takes every lock in `names` or none: in sorted order (duplicates removed), so two
+    /// callers asking for overlapping sets in any order cannot deadlock, all within one
+    /// overall wait (the manager's default). What was taken is released if the rest
+    /// cannot be.
+    ///
+    /// ```
+    /// # use lock_core::{LockManager, LockError};
+    /// # use lock_memory::MemoryBackend;
+    /// # fn main() -> Result<(), LockError> {
+    /// let mgr = LockManager::new(MemoryBackend::new());
+    /// let both = mgr.lock_all(["account:2", "account:1"])?;   // takes account:1 first
+    /// assert!(mgr.is_locked("account:1")? && mgr.is_locked("account:2")?);
+    /// both.release()?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`lock`](LockManager::lock), for the first name that could not be taken;
+    /// [`LockError::InvalidArgument`] if `names` is empty.
+    pub fn lock_all<N: AsRef<[u8]>>(
+        &self,
+        names: impl IntoIterator<Item = N>,
+    ) -> Result<MultiGuard, LockError> {
+        self.lock_all_with(names, LockOptions::new())
+    }
+
+    /// [`lock_all`](LockManager::lock_all) with per-call options, applied to every name;
+    /// the wait bounds the whole call.
+    ///
+    /// # Errors
+    /// As [`lock_all`](LockManager::lock_all).
+    pub fn lock_all_with<N: AsRef<[u8]>>(
+        &self,
+        names: impl IntoIterator<Item = N>,
+        options: LockOptions,
+    ) -> Result<MultiGuard, LockError> {
+        let mut checked = names
+            .into_iter()
+            .map(|n| check_name(n.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        checked.sort();
+        checked.dedup();
+        let Some(first) = checked.first() else {
+            return Err(LockError::invalid(None, "lock_all needs at least one name"));
+        };
+        let (ttl, wait) = self.resolve(first, &options)?;
+        let start = self.inner.clock.now();
+        let deadline = wait.and_then(|w| start.checked_add(w));
+        let mut guards = Vec::with_capacity(checked.len());
+        for name in checked {
+            // On error the guards taken so far drop here, releasing them.
+            guards.push(self.acquire_or_time_out(name, ttl, (start, deadline), &options)?);
         }
+        Ok(MultiGuard { guards })
     }
 
     /// Runs `f` while holding `name` (taken as by [`lock`](LockManager::lock)) and returns
@@ -157,6 +241,39 @@ impl LockManager {
         let value = f();
         guard.release()?;
         Ok(value)
+    }
+
+    /// Waits until nobody holds `name`, without taking it, for at most `timeout` (`None`
+    /// = forever). Returns at once if it is free. By the time the caller acts, somebody
+    /// may have taken it again.
+    ///
+    /// # Errors
+    /// [`LockError::Timeout`] if it stayed held, [`LockError::InvalidArgument`] for a bad
+    /// name or wait, [`LockError::Backend`] if the backend could not answer.
+    pub fn wait_unlocked(
+        &self,
+        name: impl AsRef<[u8]>,
+        timeout: Option<Duration>,
+    ) -> Result<(), LockError> {
+        let name = check_name(name.as_ref())?;
+        let wait = check_wait(Some(&name), timeout)?;
+        let key = self.inner.key(&name);
+        let start = self.inner.clock.now();
+        let deadline = wait.and_then(|w| start.checked_add(w));
+        let free = self.poll(&key, deadline, || {
+            match self.inner.backend.inspect(&key, None) {
+                Ok(None) => Ok(Some(())),
+                Ok(Some(_)) => Ok(None),
+                Err(source) => Err(LockError::Backend {
+                    name: name.clone(),
+                    source,
+                }),
+            }
+        })?;
+        free.ok_or_else(|| LockError::Timeout {
+            waited: self.inner.clock.now().saturating_duration_since(start),
+            name,
+        })
     }
 
     /// Whether anybody (any process, any token) holds `name` right now.
@@ -181,6 +298,37 @@ impl LockManager {
             .map_err(|source| LockError::Backend { name, source })
     }
 
+    /// Deletes `name` whoever holds it. **Unsafe for the holder**: it is not told, may
+    /// still be working, and its successor will then run at the same time. Only for
+    /// clearing a lock whose holder is known to be dead, when its TTL is too long to wait
+    /// out. Returns whether there was a lock to delete.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidArgument`] for a bad name, [`LockError::Backend`] if the backend
+    /// could not answer.
+    pub fn force_unlock(&self, name: impl AsRef<[u8]>) -> Result<bool, LockError> {
+        let name = check_name(name.as_ref())?;
+        let key = self.inner.key(&name);
+        log::warn!("force-unlocking lock {name}");
+        self.inner
+            .backend
+            .force_release(&key)
+            .map_err(|source| LockError::Backend { name, source })
+    }
+
+    /// Checks that the backend answers.
+    ///
+    /// # Errors
+    /// [`LockError::Setup`] carrying the backend's error if it does not.
+    pub fn health_check(&self) -> Result<(), LockError> {
+        self.inner.backend.health_check().map_err(LockError::from)
+    }
+
+    /// A snapshot of this manager's counters (shared by its clones).
+    pub fn stats(&self) -> LockStats {
+        self.inner.stats.snapshot()
+    }
+
     /// The manager's default TTL.
     pub fn default_ttl(&self) -> Duration {
         self.inner.ttl
@@ -191,56 +339,122 @@ impl LockManager {
         self.inner.wait
     }
 
-    /// The one acquisition loop: an attempt, then jittered exponential backoff bounded by
-    /// the deadline, with a last attempt at the deadline. `Ok(None)` means contention until
-    /// the deadline; `wait == None` waits forever.
+    fn resolve(
+        &self,
+        name: &LockName,
+        options: &LockOptions,
+    ) -> Result<(Duration, Option<Duration>), LockError> {
+        let ttl = check_ttl(Some(name), options.ttl.unwrap_or(self.inner.ttl))?;
+        let wait = check_wait(Some(name), options.wait.unwrap_or(self.inner.wait))?;
+        if let Some(Some(cap)) = options.max_hold {
+            check_wait(Some(name), Some(cap))?;
+        }
+        Ok((ttl, wait))
+    }
+
+    /// [`acquire`](Self::acquire), with running out of wait reported as a timeout.
+    fn acquire_or_time_out(
+        &self,
+        name: LockName,
+        ttl: Duration,
+        (start, deadline): (Instant, Option<Instant>),
+        options: &LockOptions,
+    ) -> Result<LockGuard, LockError> {
+        match self.acquire(name.clone(), ttl, deadline, options)? {
+            Some(guard) => Ok(guard),
+            None => {
+                bump(&self.inner.stats.timeouts);
+                Err(LockError::Timeout {
+                    name,
+                    waited: self.inner.clock.now().saturating_duration_since(start),
+                })
+            }
+        }
+    }
+
+    /// Takes `name` by the one polling loop; `Ok(None)` if it stayed held until `deadline`.
     fn acquire(
         &self,
         name: LockName,
         ttl: Duration,
-        wait: Option<Duration>,
-        reentrant: bool,
+        deadline: Option<Instant>,
+        options: &LockOptions,
     ) -> Result<Option<LockGuard>, LockError> {
         let inner = &self.inner;
         let key = inner.key(&name);
-        if let Some(g) = guard::held_by_this_thread(inner, &name, &key, reentrant)? {
+        if let Some(g) = guard::held_by_this_thread(inner, &name, &key, options.reentrant)? {
+            bump(&inner.stats.acquired);
             return Ok(Some(g));
         }
-        let clock = &inner.clock;
-        let start = clock.now();
-        let deadline: Option<Instant> = wait.and_then(|w| start.checked_add(w));
+        let start = inner.clock.now();
         let token = Token::generate();
-        let mut interval = inner.retry_min;
-        loop {
-            let attempt_start = clock.now();
+        let result = self.poll(&key, deadline, || {
+            let attempt_start = inner.clock.now();
             match inner.backend.try_acquire(&key, &token, ttl) {
-                Ok(Some(acquired)) => {
-                    log::debug!(
-                        "acquired lock {name} (token {}…, fencing token {}, valid {:?})",
-                        token.short(),
-                        acquired.fencing_token,
-                        acquired.validity
-                    );
-                    return Ok(Some(guard::new_hold(
-                        self.inner.clone(),
-                        name,
-                        key,
-                        token,
-                        ttl,
-                        acquired,
-                        attempt_start,
-                    )));
+                Ok(Some(acquired)) => Ok(Some((acquired, attempt_start))),
+                Ok(None) => {
+                    bump(&inner.stats.contended);
+                    Ok(None)
                 }
-                Ok(None) => {}
                 Err(source) => {
                     // The command may have reached the server before the failure (a lost
                     // reply); take back anything our token may have set rather than leave
                     // it for a whole TTL. Best effort: the backend is already failing.
                     let _ = inner.backend.release(&key, &token);
-                    return Err(LockError::Backend { name, source });
+                    Err(LockError::Backend {
+                        name: name.clone(),
+                        source,
+                    })
                 }
             }
-            let now = clock.now();
+        });
+        let waited = inner.clock.now().saturating_duration_since(start);
+        inner.stats.add_wait(waited);
+        match result? {
+            Some((acquired, attempt_start)) => {
+                bump(&inner.stats.acquired);
+                log::debug!(
+                    "acquired lock {name} (token {}…, fencing token {}, valid {:?})",
+                    token.short(),
+                    acquired.fencing_token,
+                    acquired.validity
+                );
+                let plan = HoldPlan {
+                    renew: options.auto_renew.unwrap_or(inner.auto_renew),
+                    max_hold: options.max_hold.unwrap_or(inner.max_hold),
+                    on_lost: options.on_lost.clone().or_else(|| inner.on_lost.clone()),
+                };
+                Ok(Some(guard::new_hold(
+                    inner.clone(),
+                    name,
+                    key,
+                    token,
+                    ttl,
+                    acquired,
+                    attempt_start,
+                    plan,
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The one waiting loop: an attempt, then jittered exponential backoff bounded by
+    /// the deadline, with a last attempt at the deadline. `Ok(None)` means the attempt
+    /// kept saying "not yet" until the deadline; `deadline == None` waits forever.
+    fn poll<T>(
+        &self,
+        key: &[u8],
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut() -> Result<Option<T>, LockError>,
+    ) -> Result<Option<T>, LockError> {
+        let inner = &self.inner;
+        let mut interval = inner.retry_min;
+        loop {
+            if let Some(done) = attempt()? {
+                return Ok(Some(done));
+            }
+            let now = inner.clock.now();
             let mut pause = jitter(interval);
             if let Some(deadline) = deadline {
                 if now >= deadline {
@@ -248,9 +462,49 @@ impl LockManager {
                 }
                 pause = pause.min(deadline - now);
             }
-            inner.backend.wait_for_release(&key, pause);
+            inner.backend.wait_for_release(key, pause);
             interval = (interval * 2).min(inner.retry_max);
         }
+    }
+}
+
+/// Several locks taken together by [`LockManager::lock_all`]; releases them all when
+/// dropped. Not `Send`, like [`LockGuard`].
+#[must_use = "the locks are released as soon as the guard is dropped"]
+#[clippy::has_significant_drop]
+#[derive(Debug)]
+pub struct MultiGuard {
+    guards: Vec<LockGuard>,
+}
+
+impl MultiGuard {
+    /// The guards, in the (sorted) order they were taken.
+    pub fn guards(&self) -> &[LockGuard] {
+        &self.guards
+    }
+
+    /// `Ok(())` while every lock is still valid; see [`LockGuard::check`].
+    ///
+    /// # Errors
+    /// The first lost lock's [`LockError::Lost`].
+    pub fn check(&self) -> Result<(), LockError> {
+        self.guards.iter().try_for_each(LockGuard::check)
+    }
+
+    /// Releases every lock (in reverse order) and reports the first failure, after
+    /// trying them all.
+    ///
+    /// # Errors
+    /// As [`LockGuard::release`], for the first lock that failed.
+    pub fn release(self) -> Result<(), LockError> {
+        let mut first = Ok(());
+        for g in self.guards.into_iter().rev() {
+            let r = g.release();
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
     }
 }
 
@@ -265,13 +519,16 @@ fn jitter(d: Duration) -> Duration {
 
 /// Configures a [`LockManager`]; [`build`](LockManagerBuilder::build) validates.
 pub struct LockManagerBuilder {
-    backend: Box<dyn LockBackend>,
+    backend: Arc<dyn LockBackend>,
     ttl: Duration,
     wait: Option<Duration>,
     retry_min: Duration,
     retry_max: Duration,
     prefix: Vec<u8>,
     clock: Arc<dyn Clock>,
+    auto_renew: bool,
+    max_hold: Option<Duration>,
+    on_lost: Option<LostCallback>,
 }
 
 impl fmt::Debug for LockManagerBuilder {
@@ -326,6 +583,32 @@ impl LockManagerBuilder {
         self
     }
 
+    /// Whether every lock is renewed automatically while its guard lives (one renewal
+    /// thread per manager extends each lock to its full TTL every third of it). Per-lock
+    /// [`LockOptions::auto_renew`] overrides it. Defaults to `false`.
+    pub fn auto_renew(mut self, on: bool) -> Self {
+        self.auto_renew = on;
+        self
+    }
+
+    /// The longest a renewed lock is kept alive: past it renewal stops and the lock
+    /// expires by its TTL ([`LossReason::HoldCapReached`](crate::LossReason)). `None`
+    /// (the default) renews for as long as the guard lives.
+    pub fn max_hold(mut self, cap: Option<Duration>) -> Self {
+        self.max_hold = cap;
+        self
+    }
+
+    /// Called (on the renewal thread, once per hold) when renewal finds a lock lost.
+    /// Per-lock [`LockOptions::on_lost`] overrides it. Defaults to none.
+    pub fn on_lost(
+        mut self,
+        f: impl Fn(&LockName, crate::LossReason) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_lost = Some(LostCallback::new(f));
+        self
+    }
+
     /// Validates the configuration and builds the manager.
     ///
     /// # Errors
@@ -351,6 +634,7 @@ impl LockManagerBuilder {
                 format!("key prefix must be 1 to {MAX_PREFIX_LEN} bytes"),
             ));
         }
+        check_wait(None, self.max_hold)?;
         Ok(LockManager {
             inner: Arc::new(Inner {
                 id: NEXT_MANAGER_ID.fetch_add(1, Ordering::Relaxed),
@@ -361,6 +645,11 @@ impl LockManagerBuilder {
                 retry_max: self.retry_max,
                 prefix: self.prefix,
                 clock: self.clock,
+                auto_renew: self.auto_renew,
+                max_hold: self.max_hold,
+                on_lost: self.on_lost,
+                stats: Arc::new(Stats::default()),
+                renewer: Mutex::new(None),
             }),
         })
     }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::LockError;
+use crate::guard::LostCallback;
 use crate::name::{LockName, MAX_NAME_LEN};
 
 /// Default time to live of a lock: 10 s.
@@ -40,11 +41,14 @@ pub const MAX_PREFIX_LEN: usize = 256;
 ///     .reentrant(true);
 /// # let _ = opts;
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct LockOptions {
     pub(crate) ttl: Option<Duration>,
     pub(crate) wait: Option<Option<Duration>>,
     pub(crate) reentrant: bool,
+    pub(crate) auto_renew: Option<bool>,
+    pub(crate) max_hold: Option<Option<Duration>>,
+    pub(crate) on_lost: Option<LostCallback>,
 }
 
 impl LockOptions {
@@ -74,6 +78,32 @@ impl LockOptions {
     /// outer hold's token and TTL; the lock is released when the last guard goes.
     pub fn reentrant(mut self, reentrant: bool) -> Self {
         self.reentrant = reentrant;
+        self
+    }
+
+    /// Whether the manager's renewal thread keeps this lock alive while its guard lives,
+    /// extending it to its full TTL every third of it. Defaults to the manager's setting
+    /// (off unless [`LockManagerBuilder::auto_renew`](crate::LockManagerBuilder::auto_renew)).
+    pub fn auto_renew(mut self, on: bool) -> Self {
+        self.auto_renew = Some(on);
+        self
+    }
+
+    /// Caps the total hold time under renewal: past `cap` renewal stops and the lock
+    /// expires by its TTL; `None` renews for as long as the guard lives. Defaults to the
+    /// manager's setting (no cap).
+    pub fn max_hold(mut self, cap: Option<Duration>) -> Self {
+        self.max_hold = Some(cap);
+        self
+    }
+
+    /// Called (on the renewal thread, once) if renewal finds this lock lost. Defaults to
+    /// the manager's callback, if any.
+    pub fn on_lost(
+        mut self,
+        f: impl Fn(&LockName, crate::LossReason) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_lost = Some(LostCallback::new(f));
         self
     }
 }
