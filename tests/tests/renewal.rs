@@ -31,7 +31,10 @@ fn quick_backend(url: &str) -> RedisBackend {
 fn time_until(limit: Duration, cond: impl Fn() -> bool) -> Duration {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
         std::thread::sleep(ms(1));
     }
     start.elapsed()
@@ -98,11 +101,17 @@ fn a_key_deleted_behind_our_back_is_detected_within_one_renewal_interval() {
         .query::<()>(&mut conn)
         .unwrap();
     let took = time_until(ttl, || g.is_lost());
-    println!("deleted key detected after {took:?} (renewal interval {:?})", ttl / 3);
+    println!(
+        "deleted key detected after {took:?} (renewal interval {:?})",
+        ttl / 3
+    );
     assert!(took <= ttl / 3 + ms(50), "{took:?}");
     assert!(matches!(
         g.check(),
-        Err(LockError::Lost { reason: LossReason::TakenOver, .. })
+        Err(LockError::Lost {
+            reason: LossReason::TakenOver,
+            ..
+        })
     ));
 }
 
@@ -120,7 +129,9 @@ fn a_server_paused_past_the_validity_makes_check_fail_in_time() {
     let took = time_until(Duration::from_secs(3), || g.check().is_err());
     let since_acquire = acquired.elapsed();
     server.resume();
-    println!("paused server: check() failed {took:?} after the pause ({since_acquire:?} after acquire)");
+    println!(
+        "paused server: check() failed {took:?} after the pause ({since_acquire:?} after acquire)"
+    );
     // The validity ends at most one TTL after the last renewal; check() fails then, not later.
     assert!(took <= ttl + ms(50), "{took:?}");
     assert!(g.is_lost());
@@ -138,8 +149,12 @@ fn lock_all_in_random_orders_never_deadlocks_and_counts_exactly() {
     let expected: Arc<Vec<AtomicU64>> = Arc::new((0..4).map(|_| AtomicU64::new(0)).collect());
     let threads: Vec<_> = (0..THREADS)
         .map(|_| {
-            let (mgr, names, counters, expected) =
-                (mgr.clone(), names.clone(), counters.clone(), expected.clone());
+            let (mgr, names, counters, expected) = (
+                mgr.clone(),
+                names.clone(),
+                counters.clone(),
+                expected.clone(),
+            );
             std::thread::spawn(move || {
                 let mut rng = rand::rng();
                 let mut idx: Vec<usize> = (0..4).collect();
