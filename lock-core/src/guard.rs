@@ -119,7 +119,9 @@ impl fmt::Display for LossReason {
 /// A callback run (on the renewal thread) when renewal finds a lock lost. It must not
 /// block for long: it delays the renewal of other locks.
 #[derive(Clone)]
-pub struct LostCallback(pub(crate) Arc<dyn Fn(&LockName, LossReason) + Send + Sync>);
+pub struct LostCallback(pub(crate) Arc<LostFn>);
+
+type LostFn = dyn Fn(&LockName, LossReason) + Send + Sync;
 
 impl LostCallback {
     /// Wraps `f`.
