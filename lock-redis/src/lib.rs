@@ -71,7 +71,7 @@ struct Inner {
 
 enum Pool {
     /// Ours, with the connector kept to open a dedicated pool for renewals.
-    Own(r2d2::Pool<Connector>, Connector),
+    Own(r2d2::Pool<Connector>, Box<Connector>),
     Given(r2d2::Pool<redis::Client>),
 }
 
@@ -84,7 +84,7 @@ fn own_pool(connector: &Connector, size: u32, checkout_timeout: Duration) -> Poo
         .test_on_check_out(false)
         .connection_timeout(checkout_timeout)
         .build_unchecked(connector.clone());
-    Pool::Own(pool, connector.clone())
+    Pool::Own(pool, Box::new(connector.clone()))
 }
 
 /// Opens connections with a connect timeout and sets read/write timeouts on them (the
