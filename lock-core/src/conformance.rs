@@ -4,7 +4,7 @@
 //! Every case works on fresh random names, so backends can share a server between
 //! concurrently running tests. A third-party backend runs the whole suite with:
 //!
-//! ```ignore
+//! ```text
 //! lock_core::conformance_suite!(my_backend, || {
 //!     lock_core::conformance::Harness::new(MyBackend::new())
 //! });
