@@ -23,6 +23,40 @@
 //! default). Counters are kept after release so fencing tokens only grow; they cost one
 //! small integer key per name ever locked.
 //!
+//! # Wake-ups: fast hand-off without polling harder
+//! A waiter does not have to poll its way to a released lock. Three mechanisms, all on by
+//! default ([`RedisBackendBuilder::wake_ups`]):
+//!
+//! - **Local hand-off.** Threads of one process that wait through the same backend (or
+//!   its clones) queue per key; a release through this backend hands the key to the first
+//!   of them at once, and reserves it for that thread for a few milliseconds so the
+//!   releasing thread cannot barge back in ahead of it.
+//! - **Release messages.** The release script (and `force_release`) also `PUBLISH`es on
+//!   the wake channel ([`DEFAULT_WAKE_CHANNEL`], `lock:released`, unless configured) a
+//!   message made of a 16-byte id of the releasing backend followed by the full key. The
+//!   first wait starts one subscriber thread per backend (one extra connection, outside
+//!   the pool) that wakes the local waiters of the released key. It reconnects with
+//!   backoff if the server goes away, and disconnects after 30 s without waiters or when
+//!   the backend is dropped. A `from_pool` backend publishes but does not subscribe.
+//! - **A short memory of held keys.** A key this backend took, or saw held by somebody
+//!   else while subscribed, is answered as contended from memory for at most
+//!   [`contention_cache`](RedisBackendBuilder::contention_cache) (50 ms by default), so
+//!   waiters that wake up to poll do not send a command each time. A release is always
+//!   seen (locally, or as a message) and clears the memory at once.
+//!
+//! Polling stays as the fallback: a lost message (subscriber reconnecting, a releaser that
+//! cannot publish) costs at most the memory's lifetime plus one retry interval of the
+//! manager, and a lock whose holder vanished is still found free by polling after its TTL.
+//!
+//! Every subscribed process receives every release on the channel; give unrelated
+//! applications on one server their own channel ([`RedisBackendBuilder::wake_channel`]).
+//!
+//! **ACL.** Besides the keys, the user needs `+publish` and `+subscribe` and the channel:
+//! `ACL SETUSER locker on >pw ~lock:* ~fence:* &lock:released +evalsha +script|load
+//! +pttl +del +ping +publish +subscribe`. Without the channel the lock still works: the
+//! release script ignores a refused `PUBLISH` (`redis.pcall`), the subscriber logs one
+//! warning and retries every 30 s, and waiting falls back to polling.
+//!
 //! # Timeouts
 //! Nothing blocks without a bound: a connection attempt gives up after the connect timeout,
 //! a command after the read/write timeout, and waiting for a free pooled connection after
@@ -35,10 +69,12 @@
 
 mod error;
 mod scripts;
+mod subscriber;
+mod wake;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lock_core::{Acquired, BackendError, Extend, LockBackend, LockError, Token};
 use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
@@ -55,6 +91,10 @@ pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default prefix of fencing-counter keys: `fence:`.
 pub const DEFAULT_FENCING_PREFIX: &str = "fence:";
+/// Default channel on which releases are published to wake waiters: `lock:released`.
+pub const DEFAULT_WAKE_CHANNEL: &str = "lock:released";
+/// Default time a key seen held is answered as contended from memory: 50 ms.
+pub const DEFAULT_CONTENTION_CACHE: Duration = Duration::from_millis(50);
 
 /// A lock store on one Redis server. Cheap to clone; clones share the pool.
 #[derive(Clone)]
@@ -67,6 +107,8 @@ struct Inner {
     fencing_prefix: Vec<u8>,
     /// `host:port/db`, for messages: never the password.
     addr: String,
+    /// Wake-ups and the memory of held keys; `None` when turned off.
+    wake: Option<Arc<wake::Wake>>,
 }
 
 enum Pool {
@@ -90,10 +132,10 @@ fn own_pool(connector: &Connector, size: u32, checkout_timeout: Duration) -> Poo
 /// Opens connections with a connect timeout and sets read/write timeouts on them (the
 /// `redis` crate's own r2d2 manager connects without a timeout).
 #[derive(Clone)]
-struct Connector {
+pub(crate) struct Connector {
     client: redis::Client,
     connect_timeout: Duration,
-    read_timeout: Duration,
+    pub(crate) read_timeout: Duration,
     write_timeout: Duration,
 }
 
@@ -141,19 +183,32 @@ impl RedisBackend {
             write_timeout: DEFAULT_IO_TIMEOUT,
             checkout_timeout: DEFAULT_CHECKOUT_TIMEOUT,
             fencing_prefix: DEFAULT_FENCING_PREFIX.as_bytes().to_vec(),
+            wake_ups: true,
+            wake_channel: DEFAULT_WAKE_CHANNEL.as_bytes().to_vec(),
+            contention_cache: DEFAULT_CONTENTION_CACHE,
         }
     }
 
     /// A backend on an existing pool built with the `redis` crate's r2d2 support. Its
     /// timeouts are the pool's own: configure them on the pool (and set read/write
-    /// timeouts on its connections) or a hung server can block a call. The fencing prefix
-    /// is the default.
+    /// timeouts on its connections) or a hung server can block a call. The fencing prefix,
+    /// wake channel and contention cache are the defaults. Releases are published and
+    /// waiters of this process are handed the lock directly, but there is no subscriber
+    /// (the pool's connection settings are not ours to copy), so releases by other
+    /// processes are found by polling.
     pub fn from_pool(pool: r2d2::Pool<redis::Client>) -> Self {
+        let addr = "(given pool)".to_owned();
         RedisBackend {
             inner: Arc::new(Inner {
                 pool: Pool::Given(pool),
                 fencing_prefix: DEFAULT_FENCING_PREFIX.as_bytes().to_vec(),
-                addr: "(given pool)".to_owned(),
+                wake: Some(Arc::new(wake::Wake::new(
+                    DEFAULT_WAKE_CHANNEL.as_bytes().to_vec(),
+                    DEFAULT_CONTENTION_CACHE,
+                    None,
+                    addr.clone(),
+                ))),
+                addr,
             }),
         }
     }
@@ -222,6 +277,14 @@ impl fmt::Debug for RedisBackend {
                 "fencing_prefix",
                 &String::from_utf8_lossy(&self.inner.fencing_prefix),
             )
+            .field(
+                "wake_channel",
+                &self
+                    .inner
+                    .wake
+                    .as_ref()
+                    .map(|w| String::from_utf8_lossy(&w.channel)),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -230,8 +293,8 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
-impl LockBackend for RedisBackend {
-    fn try_acquire(
+impl RedisBackend {
+    fn acquire_once(
         &self,
         key: &[u8],
         token: &Token,
@@ -251,12 +314,41 @@ impl LockBackend for RedisBackend {
             validity: ttl,
         }))
     }
+}
+
+impl LockBackend for RedisBackend {
+    fn try_acquire(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<Option<Acquired>, BackendError> {
+        let Some(wake) = &self.inner.wake else {
+            return self.acquire_once(key, token, ttl);
+        };
+        let Some(attempt) = wake.before_acquire(key, token) else {
+            return Ok(None);
+        };
+        let result = self.acquire_once(key, token, ttl);
+        wake.after_acquire(key, token, attempt, &result);
+        result
+    }
 
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
-        let deleted: i64 = self.run(true, |c| {
-            scripts::RELEASE.key(key).arg(token.as_bytes()).invoke(c)
-        })?;
-        Ok(deleted == 1)
+        let wake = self.inner.wake.as_deref();
+        let result = self.run(true, |c| {
+            let mut call = scripts::RELEASE.key(key);
+            call.arg(token.as_bytes());
+            if let Some(w) = wake {
+                call.arg(w.channel.as_slice()).arg(w.origin.as_slice());
+            }
+            call.invoke::<i64>(c)
+        });
+        let result = result.map(|deleted| deleted == 1);
+        if let Some(w) = wake {
+            w.released(key, Some(token), result.as_ref().ok().copied());
+        }
+        result
     }
 
     fn extend(
@@ -269,15 +361,21 @@ impl LockBackend for RedisBackend {
             Extend::By(d) => (millis(d), 1, false),
             Extend::To(d) => (millis(d), 0, true),
         };
-        let ttl: Option<u64> = self.run(idempotent, |c| {
-            scripts::EXTEND
-                .key(key)
-                .arg(token.as_bytes())
-                .arg(ms)
-                .arg(add)
-                .invoke(c)
-        })?;
-        Ok(ttl.map(Duration::from_millis))
+        let t0 = Instant::now();
+        let result = self
+            .run(idempotent, |c| {
+                scripts::EXTEND
+                    .key(key)
+                    .arg(token.as_bytes())
+                    .arg(ms)
+                    .arg(add)
+                    .invoke::<Option<u64>>(c)
+            })
+            .map(|ttl| ttl.map(Duration::from_millis));
+        if let Some(w) = &self.inner.wake {
+            w.extended(key, token, t0, &result);
+        }
+        result
     }
 
     fn inspect(&self, key: &[u8], token: Option<&Token>) -> Result<Option<Duration>, BackendError> {
@@ -293,8 +391,20 @@ impl LockBackend for RedisBackend {
     }
 
     fn force_release(&self, key: &[u8]) -> Result<bool, BackendError> {
-        let deleted: i64 = self.run(true, |c| redis::cmd("DEL").arg(key).query(c))?;
-        Ok(deleted == 1)
+        let wake = self.inner.wake.as_deref();
+        let result = self
+            .run(true, |c| {
+                let mut call = scripts::FORCE_RELEASE.key(key);
+                if let Some(w) = wake {
+                    call.arg(w.channel.as_slice()).arg(w.origin.as_slice());
+                }
+                call.invoke::<i64>(c)
+            })
+            .map(|deleted| deleted == 1);
+        if let Some(w) = wake {
+            w.released(key, None, result.as_ref().ok().copied());
+        }
+        result
     }
 
     fn health_check(&self) -> Result<(), BackendError> {
@@ -310,8 +420,18 @@ impl LockBackend for RedisBackend {
                 pool: own_pool(connector, 1, pool.connection_timeout()),
                 fencing_prefix: self.inner.fencing_prefix.clone(),
                 addr: self.inner.addr.clone(),
+                wake: self.inner.wake.clone(),
             }),
         }))
+    }
+
+    /// Blocks until `key` is released (by this process, or by anybody while the wake-up
+    /// subscriber is connected) or `timeout` passes. See the crate docs on wake-ups.
+    fn wait_for_release(&self, key: &[u8], timeout: Duration) {
+        match &self.inner.wake {
+            Some(w) => w.wait(key, timeout),
+            None => std::thread::sleep(timeout),
+        }
     }
 }
 
@@ -324,6 +444,9 @@ pub struct RedisBackendBuilder {
     write_timeout: Duration,
     checkout_timeout: Duration,
     fencing_prefix: Vec<u8>,
+    wake_ups: bool,
+    wake_channel: Vec<u8>,
+    contention_cache: Duration,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -334,6 +457,9 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("read_timeout", &self.read_timeout)
             .field("write_timeout", &self.write_timeout)
             .field("checkout_timeout", &self.checkout_timeout)
+            .field("wake_ups", &self.wake_ups)
+            .field("wake_channel", &String::from_utf8_lossy(&self.wake_channel))
+            .field("contention_cache", &self.contention_cache)
             .finish_non_exhaustive()
     }
 }
@@ -377,11 +503,39 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Whether waiters are woken by releases (see the crate docs on wake-ups): releases
+    /// publish on the wake channel, the first wait starts a subscriber connection, and a
+    /// key seen held is answered as contended from memory for a short while. Defaults to
+    /// `true`; `false` makes waiting plain polling at the manager's retry interval.
+    pub fn wake_ups(mut self, on: bool) -> Self {
+        self.wake_ups = on;
+        self
+    }
+
+    /// The channel releases are published on and the subscriber listens to. Defaults to
+    /// `lock:released`; every backend that shares locks must use the same channel to wake
+    /// each other, and unrelated applications on one server can use their own.
+    pub fn wake_channel(mut self, channel: impl AsRef<[u8]>) -> Self {
+        self.wake_channel = channel.as_ref().to_vec();
+        self
+    }
+
+    /// How long a key this backend took, or saw held by somebody else while its
+    /// subscriber was connected, is answered as contended without asking the server. This
+    /// is what keeps waiters from sending a command every time they wake up to poll; a
+    /// release seen here or heard from the channel clears it at once, so it only delays
+    /// the discovery of releases that are never announced (an expired holder, a releaser
+    /// that cannot publish). Defaults to 50 ms; `Duration::ZERO` turns it off.
+    pub fn contention_cache(mut self, d: Duration) -> Self {
+        self.contention_cache = d;
+        self
+    }
+
     /// Validates the options and builds the backend. Makes no connection.
     ///
     /// # Errors
-    /// [`LockError::Setup`] for an invalid URL, a zero pool size or timeout, or an empty
-    /// fencing prefix.
+    /// [`LockError::Setup`] for an invalid URL, a zero pool size or timeout, an empty
+    /// fencing prefix, or an empty wake channel.
     pub fn build(self) -> Result<RedisBackend, LockError> {
         let config = |msg: &str| {
             LockError::from(BackendError::new(
@@ -410,6 +564,9 @@ impl RedisBackendBuilder {
         if self.fencing_prefix.is_empty() {
             return Err(config("fencing prefix must not be empty"));
         }
+        if self.wake_channel.is_empty() {
+            return Err(config("wake channel must not be empty"));
+        }
         let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
         let client = redis::Client::open(info).map_err(|e| to_backend_error(&addr, &e))?;
         let connector = Connector {
@@ -418,11 +575,20 @@ impl RedisBackendBuilder {
             read_timeout: self.read_timeout,
             write_timeout: self.write_timeout,
         };
+        let wake = self.wake_ups.then(|| {
+            Arc::new(wake::Wake::new(
+                self.wake_channel,
+                self.contention_cache,
+                Some(connector.clone()),
+                addr.clone(),
+            ))
+        });
         Ok(RedisBackend {
             inner: Arc::new(Inner {
                 pool: own_pool(&connector, self.pool_size, self.checkout_timeout),
                 fencing_prefix: self.fencing_prefix,
                 addr,
+                wake,
             }),
         })
     }

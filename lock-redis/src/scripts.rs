@@ -21,14 +21,34 @@ return false
     )
 });
 
-/// Deletes the lock only if it holds our token. KEYS: lock. ARGV: token.
+/// Deletes the lock only if it holds our token, then publishes origin..key on the wake
+/// channel if one is given (a refused PUBLISH is ignored). KEYS: lock. ARGV: token,
+/// [channel, origin].
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
+if redis.call('get', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
-return 0
+redis.call('del', KEYS[1])
+if ARGV[2] then
+  redis.pcall('publish', ARGV[2], ARGV[3] .. KEYS[1])
+end
+return 1
+",
+    )
+});
+
+/// Deletes the lock whoever holds it, publishing like RELEASE. KEYS: lock. ARGV:
+/// [channel, origin].
+pub(crate) static FORCE_RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local deleted = redis.call('del', KEYS[1])
+if deleted == 1 and ARGV[1] then
+  redis.pcall('publish', ARGV[1], ARGV[2] .. KEYS[1])
+end
+return deleted
 ",
     )
 });
