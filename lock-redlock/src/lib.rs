@@ -1,1 +1,752 @@
-//! Redlock backend (in progress).
+//! A [`LockBackend`] over N independent Redis masters: the Redlock algorithm from the
+//! Redis documentation on distributed locks, for when one Redis is not enough.
+//!
+//! The same [`LockManager`](lock_core::LockManager) runs on it with no change to the
+//! caller's code:
+//!
+//! ```no_run
+//! use lock_core::LockManager;
+//! use lock_redlock::RedlockBackend;
+//!
+//! # fn main() -> Result<(), lock_core::LockError> {
+//! let mgr = LockManager::new(RedlockBackend::connect(&[
+//!     "redis://10.0.0.1/",
+//!     "redis://10.0.0.2/",
+//!     "redis://10.0.0.3/",
+//! ])?);
+//! let guard = mgr.lock("job:1")?;         // a quorum of the nodes agreed
+//! println!("valid for {:?}", guard.remaining());
+//! guard.release()?;                       // released on every node
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//! Every node is a [`RedisBackend`](lock_redis::RedisBackend) (its pool, its Lua scripts,
+//! its timeouts); Redlock adds the quorum on top. Each node has a few persistent worker
+//! threads, so a blocking call hands its command to every node at once and one lock costs
+//! about one round trip, whatever N. The call returns as soon as the answers decide it:
+//!
+//! - **Acquire** succeeds once a quorum (`N/2 + 1`, see [`quorum`]) has set the key with
+//!   our token, provided time is left: the validity is `ttl - elapsed - drift` (see
+//!   [`validity`] and [`drift`]), measured on the monotonic clock from before the first
+//!   command was sent, and the lock is refused if it is not positive. The guard's
+//!   [`remaining`](lock_core::LockGuard::remaining) counts down from `ttl - drift` after
+//!   the start of the call, so it is never overstated. A node that has not answered
+//!   within the node timeout (50 ms by default, never more than the TTL's validity)
+//!   counts as failed; its late answer changes nothing.
+//! - **A failed acquire cleans up on every node that may hold our key**, including nodes
+//!   that errored or timed out (the command may have reached them). The cleanup runs on
+//!   the node workers after the call has returned; a node still busy with our acquire
+//!   releases right after it, so the release never overtakes it.
+//! - Contention is not an error: the acquire returns `Ok(None)` when the nodes that
+//!   answered could have formed a quorum but another holder has part of it. It is an
+//!   error of kind [`Quorum`](lock_core::BackendErrorKind::Quorum) when more nodes
+//!   failed than a quorum can spare (so nobody can lock), or when the quorum came too
+//!   late for the TTL. The message names every node's address (never a password) and its
+//!   outcome: acquired, held by another, error (with the node's error), timeout.
+//! - **Release** goes to every node that may hold the key and reports `true` when a
+//!   quorum deleted it, i.e. the lock was still ours by the Redlock rule; `false` when it
+//!   had expired or been taken over; an error when too many nodes failed to tell.
+//! - **Extend** succeeds only if a quorum extends the key with our token and validity is
+//!   left after the call (`new ttl - elapsed - drift`); otherwise the lock is reported
+//!   lost (or the error says which nodes failed).
+//! - **Inspect** with a token (the guard's `is_held`): held if a quorum holds our token;
+//!   the time left is when fewer than a quorum would still hold it. Without a token (the
+//!   manager's `is_locked`/`ttl`): locked if fewer than a quorum of nodes are free, i.e.
+//!   an acquire now would fail; the time left is when a quorum will be free. With nodes
+//!   that did not answer, the time left is a lower bound.
+//! - **`force_release`** deletes the key on every node and succeeds if no more nodes
+//!   failed than a quorum can spare; **`health_check`** passes if a quorum answers
+//!   `PING` (failing nodes are logged at `warn`); **`dedicated`** gives the renewal thread
+//!   a handle with one connection and one worker per node of its own.
+//!
+//! # Fencing tokens: what they do and do not guarantee
+//! Each node mints its own counter atomically with its `SET NX`; the lock's fencing token
+//! is the **largest** counter among the nodes that granted it. There is no quorum-safe
+//! monotonic counter across independent masters, so:
+//!
+//! - **Guaranteed:** a later acquisition's token is greater than an earlier one's
+//!   whenever the node that minted the earlier token (its largest counter) also granted
+//!   the later acquisition and kept its data. With every node healthy, every acquisition
+//!   is granted by every node and tokens strictly increase.
+//! - **Not guaranteed:** after node failures the counters diverge (a node that was down
+//!   missed increments; a node restarted without persistence starts again at 1), and a
+//!   later holder whose quorum does not include the node with the largest counter can get
+//!   a **smaller** token than its predecessor. A resource that rejects smaller tokens
+//!   then refuses a legitimate holder (safe, but unavailable); it never accepts a stale
+//!   holder whose token is below the largest it has seen.
+//!
+//! Where fencing must be strict, mint tokens in one linearizable store.
+//!
+//! # Assumptions (the Redlock model)
+//! - **Clocks do not jump.** Expiry runs on each server's clock; a server whose clock is
+//!   stepped forward expires keys early and can hand the lock to a second client. Run
+//!   the servers with slewing time sync (no steps), and keep the drift factor above their
+//!   worst relative rate error (the default allows 1% plus 2 ms).
+//! - **Restarted nodes stay out for longer than the longest TTL**, or persist every write
+//!   with `appendfsync always`. A node that restarts empty at once can grant the lock to a
+//!   second client while the first still holds it on the other nodes of its quorum.
+//! - **Independent nodes, odd in number.** Masters without replicas between them (a
+//!   failover to a replica that missed the write has the same effect as an empty
+//!   restart). N = 1 works and is exactly one Redis; an even N is allowed but wasteful:
+//!   4 nodes need 3 and tolerate one failure, like 3 nodes do.
+//! - **Node timeouts small against the TTL.** A node costs at most its timeout; the lock
+//!   is only worth its validity, which is what is left of the TTL after the slowest
+//!   needed answer and the drift. Choose TTLs well above the node timeout.
+//! - **The work fits in the validity.** As with every lease: check
+//!   [`remaining`](lock_core::LockGuard::remaining), extend or renew, and use fencing
+//!   where the resource can check it.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod builder;
+mod fanout;
+mod math;
+mod node;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lock_core::{Acquired, BackendError, BackendErrorKind, Extend, LockBackend, LockError, Token};
+use parking_lot::Mutex;
+
+pub use builder::RedlockBuilder;
+pub use math::{drift, quorum, validity, DRIFT_CONSTANT};
+
+use fanout::{Call, CallState, Skip, Slot};
+use math::{quorum_remaining, Verdict};
+use node::{Job, Node};
+
+/// Default timeout of each node's answer: 50 ms.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default clock-drift factor: 0.01 (drift = `ttl * 0.01 + 2 ms`).
+pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
+/// Default connections and worker threads per node: 8.
+pub const DEFAULT_POOL_SIZE: u32 = 8;
+/// The largest accepted pool size per node: 256.
+pub const MAX_POOL_SIZE: u32 = 256;
+/// Default timeout for opening a connection to a node: 1 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = lock_redis::DEFAULT_CONNECT_TIMEOUT;
+
+/// Below this many remembered holds nothing is pruned.
+const PRUNE_MIN: usize = 256;
+
+/// A lock store over N independent Redis masters with the Redlock algorithm. See the
+/// [crate docs](crate) for the behaviour, the guarantees and the assumptions.
+///
+/// Cheap to clone: clones share the nodes, their connections and worker threads. The
+/// workers stop once the last clone (and the last [`dedicated`](LockBackend::dedicated)
+/// handle) is dropped and the queued cleanups are done.
+#[derive(Clone)]
+pub struct RedlockBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nodes: Vec<Node>,
+    quorum: usize,
+    node_timeout: Duration,
+    drift_factor: f64,
+    workers: usize,
+    /// Acquisitions whose release may need to wait for a node still running them, and
+    /// failed ones whose cleanup is already under way. Shared with dedicated handles.
+    holds: Arc<Mutex<Holds>>,
+}
+
+/// One acquisition: its fan-out, and the state the release needs.
+struct Hold {
+    key: Vec<u8>,
+    token: Token,
+    ttl: Duration,
+    acquire: Call<Option<Acquired>>,
+    /// After this no node can still hold the key: the entry may be pruned.
+    forget_after: Mutex<Instant>,
+}
+
+#[derive(Default)]
+struct Holds {
+    map: HashMap<(Vec<u8>, Token), Arc<Hold>>,
+    prune_at: usize,
+}
+
+impl Holds {
+    fn insert(&mut self, hold: Arc<Hold>) {
+        if self.map.len() >= self.prune_at.max(PRUNE_MIN) {
+            // Guards that were forgotten (never released) leave entries behind; drop
+            // those whose keys have expired on every node.
+            let now = Instant::now();
+            self.map.retain(|_, h| *h.forget_after.lock() > now);
+            self.prune_at = self.map.len() * 2;
+        }
+        self.map
+            .insert((hold.key.clone(), hold.token.clone()), hold);
+    }
+}
+
+impl RedlockBackend {
+    /// A backend over the Redis masters at `urls` (`redis://[user:password@]host[:port][/db]`
+    /// each), with the defaults of [`RedlockBuilder`]. No connection is made yet; call
+    /// [`health_check`](LockBackend::health_check) to check early.
+    ///
+    /// # Errors
+    /// [`LockError::Setup`] as [`RedlockBuilder::build`].
+    pub fn connect<S: AsRef<str>>(urls: &[S]) -> Result<Self, LockError> {
+        Self::builder(urls).build()
+    }
+
+    /// A builder over the Redis masters at `urls`.
+    pub fn builder<S: AsRef<str>>(urls: &[S]) -> RedlockBuilder {
+        RedlockBuilder::from_urls(urls)
+    }
+
+    /// A builder over nodes that are backends already, each with a label for messages
+    /// (which must not contain credentials): for example
+    /// [`RedisBackend`](lock_redis::RedisBackend)s configured beyond what the URL builder
+    /// offers (an existing pool, a fencing prefix). Each must be an independent store, and
+    /// should bound its own calls in time: the caller never waits for a node longer than
+    /// the node timeout, but a node's worker does.
+    pub fn builder_from_backends<B: LockBackend>(
+        nodes: impl IntoIterator<Item = (String, B)>,
+    ) -> RedlockBuilder {
+        RedlockBuilder::from_backends(nodes)
+    }
+
+    pub(crate) fn from_parts(
+        nodes: Vec<Node>,
+        node_timeout: Duration,
+        drift_factor: f64,
+        workers: usize,
+    ) -> Self {
+        RedlockBackend {
+            inner: Arc::new(Inner {
+                quorum: quorum(nodes.len()),
+                nodes,
+                node_timeout,
+                drift_factor,
+                workers,
+                holds: Arc::default(),
+            }),
+        }
+    }
+
+    /// The nodes' addresses (`host:port/db`, or the labels given), without credentials.
+    pub fn addrs(&self) -> Vec<&str> {
+        self.inner.nodes.iter().map(|n| n.addr.as_str()).collect()
+    }
+
+    /// How many nodes must agree: `N/2 + 1`.
+    pub fn quorum(&self) -> usize {
+        self.inner.quorum
+    }
+
+    /// The timeout of each node's answer.
+    pub fn node_timeout(&self) -> Duration {
+        self.inner.node_timeout
+    }
+
+    /// The clock-drift factor.
+    pub fn drift_factor(&self) -> f64 {
+        self.inner.drift_factor
+    }
+}
+
+impl fmt::Debug for RedlockBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedlockBackend")
+            .field("nodes", &self.addrs())
+            .field("quorum", &self.inner.quorum)
+            .field("node_timeout", &self.inner.node_timeout)
+            .field("drift_factor", &self.inner.drift_factor)
+            .field("workers_per_node", &self.inner.workers)
+            .finish()
+    }
+}
+
+type Op<T> = Arc<dyn Fn(&dyn LockBackend) -> Result<T, BackendError> + Send + Sync>;
+
+fn quorum_error(message: String) -> BackendError {
+    BackendError::new(BackendErrorKind::Quorum, message)
+}
+
+fn deadline(start: Instant, d: Duration) -> Instant {
+    start.checked_add(d).unwrap_or(start)
+}
+
+/// Node `i`'s part of an acquisition, on one of its workers. If a release was asked for
+/// while the command ran, it follows at once on the same worker.
+fn acquire_on(hold: &Hold, i: usize, late: Instant, node: &dyn LockBackend) {
+    if let Err(release) = hold.acquire.start(i, Skip::IfLate(late)) {
+        if let Some(release) = release {
+            release.finish(i, Ok(false));
+        }
+        return;
+    }
+    let answer = node.try_acquire(&hold.key, &hold.token, hold.ttl);
+    let may_hold = !matches!(answer, Ok(None));
+    if let Some(release) = hold.acquire.finish(i, answer) {
+        let released = if may_hold {
+            node.release(&hold.key, &hold.token)
+        } else {
+            Ok(false)
+        };
+        if let Err(e) = &released {
+            log::debug!("redlock cleanup on node {i} failed, the key expires by its ttl: {e}");
+        }
+        release.finish(i, released);
+    }
+}
+
+/// Starts releasing an acquisition: returns the release's fan-out and the nodes to send
+/// it to now. A node that answered that another token holds the key needs nothing (it
+/// counts as not deleted). A node still running the acquisition, or (for a granted lock)
+/// yet to run it, releases right after it on the same worker (see [`acquire_on`]), so a
+/// release never overtakes the acquisition it undoes.
+fn begin_release(st: &mut CallState<Option<Acquired>>) -> (Arc<Call<bool>>, Vec<usize>) {
+    let release = Arc::new(Call::new(st.slots.len()));
+    let mut now = Vec::new();
+    {
+        let mut rs = release.lock();
+        for (i, (slot, rslot)) in st.slots.iter_mut().zip(rs.slots.iter_mut()).enumerate() {
+            match slot {
+                Slot::Queued if st.won => *rslot = Slot::Running,
+                Slot::Queued | Slot::Skipped => {
+                    *slot = Slot::Skipped;
+                    *rslot = Slot::Done(Ok(false));
+                }
+                Slot::Done(Ok(None)) => *rslot = Slot::Done(Ok(false)),
+                Slot::Done(_) => now.push(i),
+                Slot::Running => *rslot = Slot::Running,
+            }
+        }
+    }
+    st.then_release = Some(release.clone());
+    (release, now)
+}
+
+impl Inner {
+    fn n(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Sends `op` to the nodes in `targets` as their part of `call`. A node that refuses
+    /// the job (overloaded) fails at once, having been sent nothing.
+    fn dispatch<T: Send + 'static>(
+        &self,
+        call: &Arc<Call<T>>,
+        targets: impl IntoIterator<Item = usize>,
+        skip: Skip,
+        op: Op<T>,
+    ) {
+        for i in targets {
+            let Some(node) = self.nodes.get(i) else {
+                continue;
+            };
+            let (c, op) = (call.clone(), op.clone());
+            let job: Job = Box::new(move |backend| {
+                if c.start(i, skip).is_ok() {
+                    let answer = op(backend);
+                    c.finish(i, answer);
+                }
+            });
+            if let Err(e) = node.submit(job) {
+                call.finish(i, Err(e));
+            }
+        }
+    }
+
+    /// Sends `op` to every node, waits until `decided` or the node timeout, and hands the
+    /// answers to `then` with whether the wait timed out and how long it took.
+    fn fan_out<T: Send + 'static, R>(
+        &self,
+        op: Op<T>,
+        skip: Skip,
+        decided: impl Fn(&CallState<T>) -> bool,
+        then: impl FnOnce(&CallState<T>, Option<Duration>, Duration) -> R,
+    ) -> R {
+        let start = Instant::now();
+        let call = Arc::new(Call::new(self.n()));
+        self.dispatch(&call, 0..self.n(), skip, op);
+        let settled = call.settle(start, self.node_timeout, decided);
+        then(&settled.state, settled.timed_out, start.elapsed())
+    }
+
+    fn release_on(&self, hold: &Arc<Hold>, release: &Arc<Call<bool>>, targets: Vec<usize>) {
+        let h = hold.clone();
+        self.dispatch(
+            release,
+            targets,
+            Skip::Never,
+            Arc::new(move |b: &dyn LockBackend| b.release(&h.key, &h.token)),
+        );
+    }
+
+    /// An error naming every node's outcome.
+    fn failure<T>(
+        &self,
+        what: &str,
+        st: &CallState<T>,
+        yes: usize,
+        need: usize,
+        timed_out: Option<Duration>,
+        label: impl Fn(&T) -> &'static str,
+    ) -> BackendError {
+        quorum_error(format!(
+            "{what}: {yes} of {} nodes, {need} needed: {}",
+            self.n(),
+            st.report(&self.nodes, timed_out, label)
+        ))
+    }
+}
+
+fn acquired_label(a: &Option<Acquired>) -> &'static str {
+    if a.is_some() {
+        "acquired"
+    } else {
+        "held by another"
+    }
+}
+
+impl LockBackend for RedlockBackend {
+    fn try_acquire(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<Option<Acquired>, BackendError> {
+        let inner = &*self.inner;
+        let start = Instant::now();
+        let drift = drift(ttl, inner.drift_factor);
+        let Some(budget) = validity(ttl, Duration::ZERO, drift) else {
+            return Err(BackendError::new(
+                BackendErrorKind::Config,
+                format!(
+                    "ttl {ttl:?} is not longer than the clock-drift allowance {drift:?}: \
+                     Redlock cannot vouch for such a lock"
+                ),
+            ));
+        };
+        let hold = Arc::new(Hold {
+            key: key.to_vec(),
+            token: token.clone(),
+            ttl,
+            acquire: Call::new(inner.n()),
+            forget_after: Mutex::new(deadline(start, ttl.saturating_add(inner.node_timeout))),
+        });
+        // Past the budget no answer could leave validity: stop waiting there.
+        let wait = inner.node_timeout.min(budget);
+        let late = deadline(start, wait);
+        for (i, node) in inner.nodes.iter().enumerate() {
+            let h = hold.clone();
+            if let Err(e) = node.submit(Box::new(move |b| acquire_on(&h, i, late, b))) {
+                hold.acquire.finish(i, Err(e));
+            }
+        }
+        let q = inner.quorum;
+        let mut settled = hold.acquire.settle(start, wait, |st| {
+            st.tally(Option::is_some).verdict(q).is_some()
+        });
+        let elapsed = start.elapsed();
+        let st = &mut settled.state;
+        let tally = st.tally(Option::is_some);
+        let outcome = match tally.settle(q) {
+            Verdict::Yes => match validity(ttl, elapsed, drift) {
+                Some(left) => {
+                    let fencing_token = st
+                        .slots
+                        .iter()
+                        .filter_map(|s| match s {
+                            Slot::Done(Ok(Some(a))) => Some(a.fencing_token),
+                            _ => None,
+                        })
+                        .max()
+                        .unwrap_or(0);
+                    // Measured from the start of the call, as the manager counts it:
+                    // ttl - drift, the moment the first node's key may expire.
+                    Ok(Some(Acquired {
+                        fencing_token,
+                        validity: left.saturating_add(elapsed),
+                    }))
+                }
+                None => Err(inner.failure(
+                    &format!(
+                        "acquire reached a quorum only after {elapsed:?}, leaving no validity \
+                         of the {ttl:?} ttl after the {drift:?} drift allowance"
+                    ),
+                    st,
+                    tally.yes,
+                    q,
+                    settled.timed_out,
+                    acquired_label,
+                )),
+            },
+            Verdict::No => Ok(None),
+            Verdict::Failed => Err(inner.failure(
+                "acquire",
+                st,
+                tally.yes,
+                q,
+                settled.timed_out,
+                acquired_label,
+            )),
+        };
+        if matches!(outcome, Ok(Some(_))) {
+            st.won = true;
+            drop(settled);
+        } else {
+            let (release, targets) = begin_release(st);
+            drop(settled);
+            inner.release_on(&hold, &release, targets);
+        }
+        // Contention needs no follow-up; success waits for its release, and a failure for
+        // the release the manager sends after an error (answered at once: see `release`).
+        if !matches!(outcome, Ok(None)) {
+            inner.holds.lock().insert(hold);
+        }
+        outcome
+    }
+
+    fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
+        let inner = &*self.inner;
+        let start = Instant::now();
+        let hold = inner
+            .holds
+            .lock()
+            .map
+            .remove(&(key.to_vec(), token.clone()));
+        let release = match hold {
+            Some(hold) => {
+                let mut st = hold.acquire.lock();
+                if st.then_release.is_some() {
+                    // A failed acquisition: its cleanup is already under way.
+                    return Ok(false);
+                }
+                let (release, targets) = begin_release(&mut st);
+                drop(st);
+                inner.release_on(&hold, &release, targets);
+                release
+            }
+            None => {
+                let release = Arc::new(Call::new(inner.n()));
+                let (key, token) = (key.to_vec(), token.clone());
+                let op: Op<bool> = Arc::new(move |b| b.release(&key, &token));
+                inner.dispatch(&release, 0..inner.n(), Skip::Never, op);
+                release
+            }
+        };
+        let q = inner.quorum;
+        let settled = release.settle(start, inner.node_timeout, |st| {
+            st.tally(|d| *d).verdict(q).is_some()
+        });
+        let tally = settled.state.tally(|d| *d);
+        match tally.settle(q) {
+            Verdict::Yes => Ok(true),
+            Verdict::No => Ok(false),
+            Verdict::Failed => Err(inner.failure(
+                "release",
+                &settled.state,
+                tally.yes,
+                q,
+                settled.timed_out,
+                |d| if *d { "deleted" } else { "not ours" },
+            )),
+        }
+    }
+
+    fn extend(
+        &self,
+        key: &[u8],
+        token: &Token,
+        how: Extend,
+    ) -> Result<Option<Duration>, BackendError> {
+        let inner = &*self.inner;
+        let start = Instant::now();
+        let (k, t) = (key.to_vec(), token.clone());
+        let q = inner.quorum;
+        let label = |d: &Option<Duration>| if d.is_some() { "extended" } else { "not ours" };
+        inner.fan_out(
+            Arc::new(move |b| b.extend(&k, &t, how)),
+            Skip::IfLate(deadline(start, inner.node_timeout)),
+            |st| st.tally(Option::is_some).verdict(q).is_some(),
+            |st, timed_out, elapsed| {
+                let tally = st.tally(Option::is_some);
+                match tally.settle(q) {
+                    Verdict::Yes => {
+                        // The lock lasts as long as its shortest-lived quorum node.
+                        let shortest = st
+                            .slots
+                            .iter()
+                            .filter_map(|s| match s {
+                                Slot::Done(Ok(Some(d))) => Some(*d),
+                                _ => None,
+                            })
+                            .min()
+                            .unwrap_or(Duration::ZERO);
+                        let drift = drift(shortest, inner.drift_factor);
+                        let Some(left) = validity(shortest, elapsed, drift) else {
+                            return Err(inner.failure(
+                                &format!(
+                                    "extend reached a quorum only after {elapsed:?}, leaving no \
+                                     validity of the {shortest:?} ttl after the {drift:?} drift \
+                                     allowance"
+                                ),
+                                st,
+                                tally.yes,
+                                q,
+                                timed_out,
+                                label,
+                            ));
+                        };
+                        let holds = inner.holds.lock();
+                        if let Some(h) = holds.map.get(&(key.to_vec(), token.clone())) {
+                            let until =
+                                deadline(start, shortest.saturating_add(inner.node_timeout));
+                            let mut f = h.forget_after.lock();
+                            *f = (*f).max(until);
+                        }
+                        Ok(Some(left.saturating_add(elapsed)))
+                    }
+                    Verdict::No => Ok(None),
+                    Verdict::Failed => {
+                        Err(inner.failure("extend", st, tally.yes, q, timed_out, label))
+                    }
+                }
+            },
+        )
+    }
+
+    fn inspect(&self, key: &[u8], token: Option<&Token>) -> Result<Option<Duration>, BackendError> {
+        let inner = &*self.inner;
+        // Held by us: a quorum holds our token. Locked by anybody: too few nodes are free
+        // for a quorum, i.e. more than N - quorum nodes hold the key.
+        let need = match token {
+            Some(_) => inner.quorum,
+            None => inner.n() - inner.quorum + 1,
+        };
+        let (k, t) = (key.to_vec(), token.cloned());
+        inner.fan_out(
+            Arc::new(move |b| b.inspect(&k, t.as_ref())),
+            Skip::IfClosed,
+            // "Not held" is final as soon as it is certain; "held" waits for every node
+            // (up to the timeout), since how long it lasts depends on all their TTLs.
+            |st| {
+                let tally = st.tally(Option::is_some);
+                tally.pending == 0
+                    || matches!(tally.verdict(need), Some(Verdict::No | Verdict::Failed))
+            },
+            |st, timed_out, _| {
+                let tally = st.tally(Option::is_some);
+                match tally.settle(need) {
+                    Verdict::Yes => {
+                        let left = st
+                            .slots
+                            .iter()
+                            .filter_map(|s| match s {
+                                Slot::Done(Ok(Some(d))) => Some(*d),
+                                _ => None,
+                            })
+                            .collect();
+                        Ok(quorum_remaining(left, need))
+                    }
+                    Verdict::No => Ok(None),
+                    Verdict::Failed => Err(inner.failure(
+                        "inspect",
+                        st,
+                        tally.yes,
+                        need,
+                        timed_out,
+                        |d| if d.is_some() { "held" } else { "free" },
+                    )),
+                }
+            },
+        )
+    }
+
+    fn force_release(&self, key: &[u8]) -> Result<bool, BackendError> {
+        let inner = &*self.inner;
+        let k = key.to_vec();
+        let spare = inner.n() - inner.quorum;
+        inner.fan_out(
+            Arc::new(move |b| b.force_release(&k)),
+            Skip::Never,
+            |st| st.tally(|d| *d).pending == 0,
+            |st, timed_out, _| {
+                let tally = st.tally(|d| *d);
+                if tally.failed + tally.pending > spare {
+                    return Err(inner.failure(
+                        "force release",
+                        st,
+                        tally.yes + tally.no,
+                        inner.quorum,
+                        timed_out,
+                        |d| if *d { "deleted" } else { "absent" },
+                    ));
+                }
+                Ok(tally.yes > 0)
+            },
+        )
+    }
+
+    fn health_check(&self) -> Result<(), BackendError> {
+        let inner = &*self.inner;
+        inner.fan_out(
+            Arc::new(|b| b.health_check()),
+            Skip::IfClosed,
+            |st| st.tally(|_| true).pending == 0,
+            |st, timed_out, _| {
+                let tally = st.tally(|_| true);
+                if tally.yes < inner.quorum {
+                    return Err(inner.failure(
+                        "health check",
+                        st,
+                        tally.yes,
+                        inner.quorum,
+                        timed_out,
+                        |_| "ok",
+                    ));
+                }
+                if tally.yes < inner.n() {
+                    log::warn!(
+                        "redlock health check passed on a quorum only: {}",
+                        st.report(&inner.nodes, timed_out, |_| "ok")
+                    );
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn dedicated(&self) -> Option<Box<dyn LockBackend>> {
+        let inner = &*self.inner;
+        let nodes = inner
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let backend: Arc<dyn LockBackend> = match n.backend.dedicated() {
+                    Some(own) => Arc::from(own),
+                    None => n.backend.clone(),
+                };
+                Node::start(i, n.addr.clone(), backend, 1, builder::MAX_QUEUED_PER_NODE)
+            })
+            .collect::<Result<Vec<_>, _>>();
+        match nodes {
+            Ok(nodes) => Some(Box::new(RedlockBackend {
+                inner: Arc::new(Inner {
+                    quorum: inner.quorum,
+                    nodes,
+                    node_timeout: inner.node_timeout,
+                    drift_factor: inner.drift_factor,
+                    workers: 1,
+                    holds: inner.holds.clone(),
+                }),
+            })),
+            Err(e) => {
+                log::warn!("no dedicated redlock handle, sharing the nodes' pools: {e}");
+                None
+            }
+        }
+    }
+}
