@@ -558,3 +558,188 @@ impl Wake {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::thread;
+
+    const LONG: Duration = Duration::from_secs(10);
+
+    fn wake(cache_for: Duration) -> Arc<Wake> {
+        Arc::new(Wake::new(b"ch".to_vec(), cache_for, None, "test".into()))
+    }
+
+    fn granted(validity: Duration) -> Result<Option<Acquired>, BackendError> {
+        Ok(Some(Acquired {
+            fencing_token: 1,
+            validity,
+        }))
+    }
+
+    fn take(w: &Wake, key: &[u8], token: &Token) {
+        let a = w.before_acquire(key, token).expect("not known held");
+        w.after_acquire(key, token, a, &granted(LONG));
+    }
+
+    #[test]
+    fn a_local_hold_is_contention_for_other_tokens_only_until_the_memory_lapses() {
+        let w = wake(Duration::from_millis(30));
+        let (t1, t2) = (Token::generate(), Token::generate());
+        take(&w, b"k", &t1);
+        assert!(w.before_acquire(b"k", &t2).is_none());
+        assert!(w.before_acquire(b"k", &t1).is_some(), "the holder's retry");
+        assert!(w.before_acquire(b"other", &t2).is_some());
+        thread::sleep(Duration::from_millis(40));
+        assert!(
+            w.before_acquire(b"k", &t2).is_some(),
+            "memory outlived its time"
+        );
+    }
+
+    #[test]
+    fn a_release_between_the_attempt_and_the_wait_is_not_missed() {
+        let w = wake(LONG);
+        let (t1, t2) = (Token::generate(), Token::generate());
+        take(&w, b"k", &t1);
+        assert!(w.before_acquire(b"k", &t2).is_none());
+        w.released(b"k", Some(&t1), Some(true));
+        let start = Instant::now();
+        w.wait(b"k", LONG);
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_release_hands_the_key_to_the_first_waiter_and_the_releaser_cannot_barge() {
+        let w = wake(LONG);
+        let (t1, t2, t3) = (Token::generate(), Token::generate(), Token::generate());
+        take(&w, b"k", &t1);
+        let (queued, is_queued) = mpsc::channel();
+        let waiter = {
+            let w = w.clone();
+            thread::spawn(move || {
+                assert!(w.before_acquire(b"k", &t2).is_none());
+                queued.send(()).unwrap();
+                let start = Instant::now();
+                w.wait(b"k", LONG);
+                let woken_after = start.elapsed();
+                (woken_after, w.before_acquire(b"k", &t2).is_some())
+            })
+        };
+        is_queued.recv().unwrap();
+        thread::sleep(Duration::from_millis(50));
+        w.released(b"k", Some(&t1), Some(true));
+        let checked = Instant::now();
+        let barged = w.before_acquire(b"k", &t3).is_some();
+        if checked.elapsed() < RESERVATION {
+            assert!(!barged, "another thread got in ahead of the woken waiter");
+        }
+        let (woken_after, allowed) = waiter.join().unwrap();
+        assert!(woken_after < Duration::from_secs(1), "{woken_after:?}");
+        assert!(allowed, "the woken waiter was refused its own reservation");
+    }
+
+    #[test]
+    fn a_thread_that_only_watches_is_woken_and_reserves_nothing() {
+        let w = wake(LONG);
+        let (t1, t2) = (Token::generate(), Token::generate());
+        take(&w, b"k", &t1);
+        let watcher = {
+            let w = w.clone();
+            thread::spawn(move || {
+                let start = Instant::now();
+                w.wait(b"k", LONG);
+                start.elapsed()
+            })
+        };
+        thread::sleep(Duration::from_millis(50));
+        w.released(b"k", Some(&t1), Some(true));
+        assert!(watcher.join().unwrap() < Duration::from_secs(1));
+        assert!(w.before_acquire(b"k", &t2).is_some());
+    }
+
+    #[test]
+    fn releases_of_other_keys_do_not_wake_a_waiter() {
+        let w = wake(LONG);
+        let (t1, t2) = (Token::generate(), Token::generate());
+        take(&w, b"k", &t1);
+        take(&w, b"other", &t1);
+        assert!(w.before_acquire(b"k", &t2).is_none());
+        let waiter = {
+            let w = w.clone();
+            thread::spawn(move || {
+                let start = Instant::now();
+                w.wait(b"k", Duration::from_millis(300));
+                start.elapsed()
+            })
+        };
+        thread::sleep(Duration::from_millis(50));
+        w.released(b"other", Some(&t1), Some(true));
+        w.remote_release(b"third");
+        assert!(waiter.join().unwrap() >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn holds_of_others_are_remembered_only_while_subscribed() {
+        let w = wake(LONG);
+        let t = Token::generate();
+        let contended = |w: &Wake| {
+            let a = w.before_acquire(b"k", &t).expect("asks the server");
+            w.after_acquire(b"k", &t, a, &Ok(None));
+        };
+        contended(&w);
+        assert!(
+            w.before_acquire(b"k", &t).is_some(),
+            "unsubscribed: not trusted"
+        );
+        w.set_live(0, true);
+        contended(&w);
+        assert!(w.before_acquire(b"k", &t).is_none());
+        w.remote_release(b"k");
+        assert!(
+            w.before_acquire(b"k", &t).is_some(),
+            "a heard release clears it"
+        );
+        contended(&w);
+        w.set_live(0, false);
+        assert!(
+            w.before_acquire(b"k", &t).is_some(),
+            "a lost subscription clears it"
+        );
+    }
+
+    #[test]
+    fn a_failed_extension_forgets_the_hold_and_a_successful_one_keeps_it() {
+        let w = wake(LONG);
+        let (t1, t2) = (Token::generate(), Token::generate());
+        let a = w.before_acquire(b"k", &t1).unwrap();
+        w.after_acquire(b"k", &t1, a, &granted(Duration::from_millis(20)));
+        w.extended(b"k", &t1, Instant::now(), &Ok(Some(LONG)));
+        thread::sleep(Duration::from_millis(30));
+        assert!(
+            w.before_acquire(b"k", &t2).is_none(),
+            "extension not remembered"
+        );
+        w.extended(b"k", &t1, Instant::now(), &Ok(None));
+        assert!(w.before_acquire(b"k", &t2).is_some());
+    }
+
+    #[test]
+    fn the_memory_of_the_last_releases_reaches_back_only_so_far() {
+        let mut st = State::default();
+        st.record_release(7);
+        let seq = st.seq;
+        assert!(!st.released_since(seq, 7));
+        st.record_release(8);
+        assert!(st.released_since(seq, 8));
+        assert!(!st.released_since(seq, 7));
+        for h in 0..RECENT_RELEASES as u64 {
+            st.record_release(100 + h);
+        }
+        assert!(
+            st.released_since(seq, 7),
+            "forgotten: assume it was released"
+        );
+    }
+}
