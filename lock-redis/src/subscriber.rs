@@ -80,7 +80,7 @@ fn run(weak: &Weak<Wake>, generation: u64) {
 
 /// Sleeps for `d` a tick at a time; `false` if the subscriber should stop meanwhile.
 fn pause_for(weak: &Weak<Wake>, generation: u64, d: Duration) -> bool {
-    let end = Instant::now() + d;
+    let end = Instant::now().checked_add(d).unwrap_or_else(Instant::now);
     loop {
         let now = Instant::now();
         if now >= end {
