@@ -6,7 +6,8 @@
 //! cargo run --release -p lock-tests --bin bench -- --rounds 9
 //! ```
 //!
-//! `LOCK_BENCH_QUICK=1` does the same as `--quick`. The program starts its own
+//! `LOCK_BENCH_QUICK=1` does the same as `--quick`; `--only single|redlock|memory|handoff|pool`
+//! runs one section. The program starts its own
 //! `redis-server` processes on free loopback ports (through `lock_tests::harness`) and
 //! never touches a server it did not start.
 //!
@@ -44,6 +45,8 @@ struct Size {
     memory_pairs: usize,
     /// How long each timed multi-thread run lasts.
     run: Duration,
+    /// Run only this section.
+    only: Option<String>,
 }
 
 impl Size {
@@ -57,6 +60,7 @@ impl Size {
                 pairs: 200,
                 memory_pairs: 20_000,
                 run: Duration::from_millis(200),
+                only: None,
             }
         } else {
             Size {
@@ -64,31 +68,57 @@ impl Size {
                 pairs: 5_000,
                 memory_pairs: 300_000,
                 run: Duration::from_millis(1_500),
+                only: None,
             }
+        };
+        let usage = || -> ! {
+            eprintln!(
+                "usage: bench [--quick] [--rounds N] [--only single|redlock|memory|handoff|pool]"
+            );
+            std::process::exit(2)
         };
         if let Some(i) = args.iter().position(|a| a == "--rounds") {
             match args.get(i + 1).and_then(|n| n.parse().ok()) {
                 Some(n) if n > 0 => size.rounds = n,
-                _ => {
-                    eprintln!("usage: bench [--quick] [--rounds N]");
-                    std::process::exit(2);
-                }
+                _ => usage(),
+            }
+        }
+        if let Some(i) = args.iter().position(|a| a == "--only") {
+            match args.get(i + 1) {
+                Some(s) if SECTIONS.contains(&s.as_str()) => size.only = Some(s.clone()),
+                _ => usage(),
             }
         }
         size
     }
+
+    fn runs(&self, section: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == section)
+    }
 }
+
+const SECTIONS: [&str; 5] = ["single", "redlock", "memory", "handoff", "pool"];
 
 fn main() {
     let size = Size::from_args();
     print_machine();
     let mut table = Table::default();
-    single_redis(&size, &mut table);
-    redlock(&size, &mut table, 3);
-    redlock(&size, &mut table, 5);
-    memory(&size, &mut table);
-    handoff(&size, &mut table);
-    pool(&size, &mut table);
+    if size.runs("single") {
+        single_redis(&size, &mut table);
+    }
+    if size.runs("redlock") {
+        redlock(&size, &mut table, 3);
+        redlock(&size, &mut table, 5);
+    }
+    if size.runs("memory") {
+        memory(&size, &mut table);
+    }
+    if size.runs("handoff") {
+        handoff(&size, &mut table);
+    }
+    if size.runs("pool") {
+        pool(&size, &mut table);
+    }
     table.print(size.rounds);
 }
 
@@ -338,6 +368,20 @@ impl Raw {
         let del: i64 = self.del_cmd(key).query(&mut self.conn).expect("EVALSHA");
         assert_eq!(del, 1);
     }
+
+    /// The floor of a fencing lock: the same work as the library (the lock, the fencing
+    /// counter's `INCR`, compare-and-delete) still in two round trips, with `SET` and
+    /// `INCR` pipelined instead of in a script.
+    fn fenced_pair(&mut self, key: &str) {
+        let mut p = redis::pipe();
+        p.add_command(self.set_cmd(key))
+            .cmd("INCR")
+            .arg(format!("fence:{key}"));
+        let (set, _fence): (Option<String>, u64) = p.query(&mut self.conn).expect("SET+INCR");
+        assert!(set.is_some(), "floor key {key} was held");
+        let del: i64 = self.del_cmd(key).query(&mut self.conn).expect("EVALSHA");
+        assert_eq!(del, 1);
+    }
 }
 
 /// Writes `cmd` to every connection, then reads every reply: one round trip for N nodes.
@@ -369,6 +413,16 @@ fn calls(info: &str, cmd: &str) -> u64 {
         .and_then(|s| s.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time this thread has used, in ns (Linux: scheduler statistics); `None` elsewhere.
+fn thread_cpu_ns() -> Option<f64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Server CPU in µs spent in top-level commands (nested script calls are inside EVALSHA's).
@@ -410,26 +464,42 @@ fn single_redis(size: &Size, table: &mut Table) {
     }
     let mut v = Versus::default();
     let (mut lib_cpu, mut floor_cpu) = (Vec::new(), Vec::new());
+    let (mut lib_client, mut floor_client) = (Vec::new(), Vec::new());
+    let mut fenced_ratio = Vec::new();
     let stretch = (size.pairs / STRETCHES).max(1);
     for round in 0..size.rounds {
         let (mut lib, mut floor) = (Timed::default(), Timed::default());
+        let mut fenced = Timed::default();
         let (mut lib_usec, mut floor_usec) = (0.0, 0.0);
+        let (mut lib_ns, mut floor_ns) = (0.0, 0.0);
         for i in 0..STRETCHES {
-            // Alternate the order so neither side always runs on a warmer machine.
-            for side in [(round + i) % 2, (round + i + 1) % 2] {
+            // Rotate the order so no side always runs on a warmer machine.
+            for k in 0..3 {
+                let side = (round + i + k) % 3;
+                if side == 2 {
+                    fenced.run(stretch, || raw.fenced_pair(floor_key));
+                    continue;
+                }
                 reset_stats(&server);
+                let before = thread_cpu_ns();
                 if side == 0 {
                     lib.run(stretch, lib_pair);
+                    lib_ns += thread_cpu_ns().zip(before).map_or(0.0, |(a, b)| a - b);
                     lib_usec += server_usec(&commandstats(&server));
                 } else {
                     floor.run(stretch, || raw.pair(floor_key));
+                    floor_ns += thread_cpu_ns().zip(before).map_or(0.0, |(a, b)| a - b);
                     floor_usec += server_usec(&commandstats(&server));
                 }
             }
         }
         lib_cpu.push(lib_usec / lib.lat.len() as f64);
         floor_cpu.push(floor_usec / floor.lat.len() as f64);
-        v.lib.push(lib.finish());
+        lib_client.push(lib_ns / 1e3 / lib.lat.len() as f64);
+        floor_client.push(floor_ns / 1e3 / floor.lat.len() as f64);
+        let lib = lib.finish();
+        fenced_ratio.push(lib.per_sec / fenced.finish().per_sec);
+        v.lib.push(lib);
         v.floor.push(floor.finish());
     }
     let (l, f, r) = v.med(|b| b.per_sec);
@@ -459,9 +529,28 @@ fn single_redis(size: &Size, table: &mut Table) {
         "≤ 1.2",
         Some(r <= 1.2),
     );
+    table.add(
+        "single Redis: pairs/s against a fencing floor",
+        "",
+        "SET+INCR piped",
+        Some(median(fenced_ratio)),
+        "(information)",
+        None,
+    );
+    let (l, f) = (median(lib_client), median(floor_client));
+    if l > 0.0 {
+        table.add(
+            "single Redis: client CPU per pair (incl. kernel)",
+            format!("{l:.1} µs"),
+            format!("{f:.1} µs"),
+            Some(l / f),
+            "(information)",
+            None,
+        );
+    }
     let (l, f) = (median(lib_cpu), median(floor_cpu));
     table.add(
-        "single Redis: server CPU per pair",
+        "single Redis: server CPU per pair (in commands)",
         format!("{l:.1} µs"),
         format!("{f:.1} µs"),
         Some(l / f),
