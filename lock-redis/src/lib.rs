@@ -51,11 +51,13 @@
 //! Every subscribed process receives every release on the channel; give unrelated
 //! applications on one server their own channel ([`RedisBackendBuilder::wake_channel`]).
 //!
-//! **ACL.** Besides the keys, the user needs `+publish` and `+subscribe` and the channel:
-//! `ACL SETUSER locker on >pw ~lock:* ~fence:* &lock:released +evalsha +script|load
-//! +pttl +del +ping +publish +subscribe`. Without the channel the lock still works: the
-//! release script ignores a refused `PUBLISH` (`redis.pcall`), the subscriber logs one
-//! warning and retries every 30 s, and waiting falls back to polling.
+//! **ACL.** Redis checks the commands a script calls too. A user restricted to what this
+//! backend needs: `ACL SETUSER locker on >pw ~lock:* ~fence:* &lock:released +evalsha
+//! +script|load +set +get +del +incr +pexpire +pttl +ping +publish +subscribe` (keys and
+//! channel as configured). Wake-ups are what need `+publish`, `+subscribe` and the channel
+//! (`&lock:released`); without them the lock still works: the release script ignores a
+//! refused `PUBLISH` (`redis.pcall`), the subscriber logs one warning and retries every
+//! 30 s, and waiting falls back to polling.
 //!
 //! # Timeouts
 //! Nothing blocks without a bound: a connection attempt gives up after the connect timeout,
