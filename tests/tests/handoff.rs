@@ -256,10 +256,12 @@ fn without_the_channel_permission_locks_still_work_and_waiters_poll() {
 }
 
 #[test]
-fn with_the_channel_permission_a_restricted_user_is_woken() {
+fn the_documented_acl_line_is_enough_to_lock_and_be_woken() {
+    // The line in lock-redis's crate docs.
     let server = RedisServer::start_with(&[
         "--user",
-        "waker on >pw ~lock:* ~fence:* &lock:released +@all",
+        "waker on >pw ~lock:* ~fence:* &lock:released +evalsha +script|load +set +get +del \
+         +incr +pexpire +pttl +ping +publish +subscribe",
     ]);
     let url = format!("redis://waker:pw@{}/", server.addr());
     let there = LockManager::new(RedisBackend::connect(&url).unwrap());
@@ -272,6 +274,12 @@ fn with_the_channel_permission_a_restricted_user_is_woken() {
     let released_at = Instant::now();
     g.release().unwrap();
     assert_woken(released_at, w.join().unwrap());
+    let admin = LockManager::new(RedisBackend::connect(&url).unwrap());
+    let g = admin.lock(&name).unwrap();
+    g.extend(Duration::from_secs(1)).unwrap();
+    assert!(g.is_held().unwrap() && admin.is_locked(&name).unwrap());
+    assert!(admin.force_unlock(&name).unwrap());
+    admin.health_check().unwrap();
 }
 
 #[test]
