@@ -201,7 +201,16 @@ impl RedlockBuilder {
         let nodes = resolved
             .into_iter()
             .enumerate()
-            .map(|(i, (addr, backend))| Node::start(i, addr, backend, workers, MAX_QUEUED_PER_NODE))
+            .map(|(i, (addr, backend))| {
+                Node::start(
+                    i,
+                    addr,
+                    backend,
+                    workers,
+                    MAX_QUEUED_PER_NODE,
+                    self.node_timeout,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RedlockBackend::from_parts(
             nodes,

@@ -21,6 +21,8 @@ pub(crate) enum Slot<T> {
     Done(Result<T, BackendError>),
     /// Never sent: the outcome was decided before a worker got to it.
     Skipped,
+    /// Never sent: the node refused it (down, or overloaded). Counts as failed.
+    Refused(BackendError),
 }
 
 /// When a worker may drop a node's part instead of sending it.
@@ -107,6 +109,16 @@ impl<T> Call<T> {
         }
     }
 
+    /// Records that node `i` refused its part without sending anything.
+    pub(crate) fn refuse(&self, i: usize, error: BackendError) {
+        let mut st = self.state.lock();
+        if let Some(slot @ Slot::Queued) = st.slots.get_mut(i) {
+            *slot = Slot::Refused(error);
+        }
+        drop(st);
+        self.answered.notify_all();
+    }
+
     /// Records node `i`'s answer and wakes the caller. Returns the release that must
     /// follow on this node, if one was asked for meanwhile.
     pub(crate) fn finish(
@@ -153,8 +165,9 @@ impl<T> CallState<T> {
         for slot in &self.slots {
             match slot {
                 Slot::Done(Ok(v)) if yes(v) => t.yes += 1,
-                Slot::Done(Ok(_)) | Slot::Skipped => t.no += 1,
-                Slot::Done(Err(_)) => t.failed += 1,
+                Slot::Done(Ok(_)) => t.no += 1,
+                // Never sent, so no answer: a job dropped as late counts as timed out.
+                Slot::Done(Err(_)) | Slot::Refused(_) | Slot::Skipped => t.failed += 1,
                 Slot::Queued | Slot::Running => t.pending += 1,
             }
         }
@@ -185,7 +198,8 @@ impl<T> CallState<T> {
                     }
                     None => write!(out, "{}: not awaited", node.addr),
                 },
-                Slot::Skipped => write!(out, "{}: not sent", node.addr),
+                Slot::Skipped => write!(out, "{}: timeout (still queued)", node.addr),
+                Slot::Refused(e) => write!(out, "{}: not sent ({e})", node.addr),
             };
         }
         out

@@ -118,7 +118,7 @@ pub use math::{drift, quorum, validity, DRIFT_CONSTANT};
 
 use fanout::{Call, CallState, Skip, Slot};
 use math::{quorum_remaining, Verdict};
-use node::{Job, Node};
+use node::{Job, Node, Worker};
 
 /// Default timeout of each node's answer: 50 ms.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -130,6 +130,11 @@ pub const DEFAULT_POOL_SIZE: u32 = 8;
 pub const MAX_POOL_SIZE: u32 = 256;
 /// Default timeout for opening a connection to a node: 1 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = lock_redis::DEFAULT_CONNECT_TIMEOUT;
+
+/// The longest a release that a node could not take is retried: 1 minute.
+const MAX_CLEANUP_WINDOW: Duration = Duration::from_secs(60);
+/// The first pause before a release is retried (doubling up to 1 s).
+const RETRY_FIRST: Duration = Duration::from_millis(50);
 
 /// Below this many remembered holds nothing is pruned.
 const PRUNE_MIN: usize = 256;
@@ -159,11 +164,20 @@ struct Inner {
 /// One acquisition: its fan-out, and the state the release needs.
 struct Hold {
     key: Vec<u8>,
+    /// The token on the wire: fresh for every attempt (see `wire_token`), never the
+    /// manager's.
     token: Token,
     ttl: Duration,
     acquire: Call<Option<Acquired>>,
     /// After this no node can still hold the key: the entry may be pruned.
     forget_after: Mutex<Instant>,
+}
+
+impl Hold {
+    fn release_op(self: &Arc<Self>) -> Op<bool> {
+        let h = self.clone();
+        Arc::new(move |b| b.release(&h.key, &h.token))
+    }
 }
 
 #[derive(Default)]
@@ -173,7 +187,15 @@ struct Holds {
 }
 
 impl Holds {
-    fn insert(&mut self, hold: Arc<Hold>) {
+    /// The wire token of the granted acquisition of `key` that `token` stands for.
+    fn granted(&self, key: &[u8], token: &Token) -> Option<Token> {
+        self.map
+            .get(&(key.to_vec(), token.clone()))
+            .filter(|h| h.acquire.lock().won)
+            .map(|h| h.token.clone())
+    }
+
+    fn insert(&mut self, key: &[u8], token: &Token, hold: Arc<Hold>) {
         if self.map.len() >= self.prune_at.max(PRUNE_MIN) {
             // Guards that were forgotten (never released) leave entries behind; drop
             // those whose keys have expired on every node.
@@ -181,8 +203,7 @@ impl Holds {
             self.map.retain(|_, h| *h.forget_after.lock() > now);
             self.prune_at = self.map.len() * 2;
         }
-        self.map
-            .insert((hold.key.clone(), hold.token.clone()), hold);
+        self.map.insert((key.to_vec(), token.clone()), hold);
     }
 }
 
@@ -277,26 +298,70 @@ fn deadline(start: Instant, d: Duration) -> Instant {
 
 /// Node `i`'s part of an acquisition, on one of its workers. If a release was asked for
 /// while the command ran, it follows at once on the same worker.
-fn acquire_on(hold: &Hold, i: usize, late: Instant, node: &dyn LockBackend) {
+fn acquire_on(hold: &Arc<Hold>, i: usize, late: Instant, worker: &Worker<'_>) {
     if let Err(release) = hold.acquire.start(i, Skip::IfLate(late)) {
         if let Some(release) = release {
             release.finish(i, Ok(false));
         }
         return;
     }
-    let answer = node.try_acquire(&hold.key, &hold.token, hold.ttl);
+    let answer = worker.backend.try_acquire(&hold.key, &hold.token, hold.ttl);
+    worker.record(&answer);
     let may_hold = !matches!(answer, Ok(None));
     if let Some(release) = hold.acquire.finish(i, answer) {
         let released = if may_hold {
-            node.release(&hold.key, &hold.token)
+            release_with_retries(&hold.release_op(), worker, cleanup_window(hold.ttl))
         } else {
             Ok(false)
         };
-        if let Err(e) = &released {
-            log::debug!("redlock cleanup on node {i} failed, the key expires by its ttl: {e}");
-        }
         release.finish(i, released);
     }
+}
+
+/// How long a release that a node could not take is retried: while our key may still be
+/// there to remove, i.e. for the TTL, but at most a minute. A node that stays unreachable
+/// longer than that is left to expire the key by itself.
+fn cleanup_window(ttl: Duration) -> Duration {
+    ttl.min(MAX_CLEANUP_WINDOW)
+}
+
+/// Runs a release on the node; if the node fails it, runs it again later (backing off)
+/// for up to `window`, so a node that was paused or unreachable while our acquisition
+/// reached it still has our key removed once it answers again. Returns the first result.
+fn release_with_retries(
+    op: &Op<bool>,
+    worker: &Worker<'_>,
+    window: Duration,
+) -> Result<bool, BackendError> {
+    let first = op(worker.backend);
+    worker.record(&first);
+    if first.is_err() {
+        let give_up = deadline(Instant::now(), window);
+        retry_release(op.clone(), worker, 0, give_up);
+    }
+    first
+}
+
+fn retry_release(op: Op<bool>, worker: &Worker<'_>, attempt: u32, give_up: Instant) {
+    let delay = node::MAX_BACKOFF.min(RETRY_FIRST.saturating_mul(1 << attempt.min(10)));
+    if Instant::now() + delay > give_up {
+        log::warn!(
+            "redlock node {}: gave up releasing a key after {} attempts; it expires by its ttl",
+            worker.addr(),
+            attempt + 1
+        );
+        return;
+    }
+    worker.retry_later(
+        delay,
+        Box::new(move |w| {
+            let r = op(w.backend);
+            w.record(&r);
+            if r.is_err() {
+                retry_release(op, w, attempt + 1, give_up);
+            }
+        }),
+    );
 }
 
 /// Starts releasing an acquisition: returns the release's fan-out and the nodes to send
@@ -312,6 +377,7 @@ fn begin_release(st: &mut CallState<Option<Acquired>>) -> (Arc<Call<bool>>, Vec<
         for (i, (slot, rslot)) in st.slots.iter_mut().zip(rs.slots.iter_mut()).enumerate() {
             match slot {
                 Slot::Queued if st.won => *rslot = Slot::Running,
+                Slot::Refused(_) => *rslot = Slot::Done(Ok(false)),
                 Slot::Queued | Slot::Skipped => {
                     *slot = Slot::Skipped;
                     *rslot = Slot::Done(Ok(false));
@@ -332,12 +398,13 @@ impl Inner {
     }
 
     /// Sends `op` to the nodes in `targets` as their part of `call`. A node that refuses
-    /// the job (overloaded) fails at once, having been sent nothing.
+    /// the job (overloaded, or down when `gated`) fails at once, having been sent nothing.
     fn dispatch<T: Send + 'static>(
         &self,
         call: &Arc<Call<T>>,
         targets: impl IntoIterator<Item = usize>,
         skip: Skip,
+        gated: bool,
         op: Op<T>,
     ) {
         for i in targets {
@@ -345,14 +412,15 @@ impl Inner {
                 continue;
             };
             let (c, op) = (call.clone(), op.clone());
-            let job: Job = Box::new(move |backend| {
+            let job: Job = Box::new(move |worker| {
                 if c.start(i, skip).is_ok() {
-                    let answer = op(backend);
+                    let answer = op(worker.backend);
+                    worker.record(&answer);
                     c.finish(i, answer);
                 }
             });
-            if let Err(e) = node.submit(job) {
-                call.finish(i, Err(e));
+            if let Err(e) = node.submit(job, gated) {
+                call.refuse(i, e);
             }
         }
     }
@@ -363,24 +431,42 @@ impl Inner {
         &self,
         op: Op<T>,
         skip: Skip,
+        gated: bool,
         decided: impl Fn(&CallState<T>) -> bool,
         then: impl FnOnce(&CallState<T>, Option<Duration>, Duration) -> R,
     ) -> R {
         let start = Instant::now();
         let call = Arc::new(Call::new(self.n()));
-        self.dispatch(&call, 0..self.n(), skip, op);
+        self.dispatch(&call, 0..self.n(), skip, gated, op);
         let settled = call.settle(start, self.node_timeout, decided);
         then(&settled.state, settled.timed_out, start.elapsed())
     }
 
-    fn release_on(&self, hold: &Arc<Hold>, release: &Arc<Call<bool>>, targets: Vec<usize>) {
-        let h = hold.clone();
-        self.dispatch(
-            release,
-            targets,
-            Skip::Never,
-            Arc::new(move |b: &dyn LockBackend| b.release(&h.key, &h.token)),
-        );
+    /// Sends the release `op` to the nodes in `targets` as their part of `release`; each
+    /// is retried for `window` if the node fails it (see [`release_with_retries`]).
+    fn release_on(
+        &self,
+        release: &Arc<Call<bool>>,
+        targets: impl IntoIterator<Item = usize>,
+        op: &Op<bool>,
+        window: Duration,
+    ) {
+        for i in targets {
+            let Some(node) = self.nodes.get(i) else {
+                continue;
+            };
+            let (c, op) = (release.clone(), op.clone());
+            let job: Job = Box::new(move |worker| {
+                if c.start(i, Skip::Never).is_ok() {
+                    let answer = release_with_retries(&op, worker, window);
+                    c.finish(i, answer);
+                }
+            });
+            if let Err(e) = node.submit(job, false) {
+                log::warn!("redlock release not sent, the key expires by its ttl: {e}");
+                release.refuse(i, e);
+            }
+        }
     }
 
     /// An error naming every node's outcome.
@@ -428,9 +514,16 @@ impl LockBackend for RedlockBackend {
                 ),
             ));
         };
+        // The manager retries with the same token; a fresh one per attempt on the wire
+        // keeps an earlier attempt's cleanup (still under way on some node) from deleting
+        // what a later attempt set. A retry of a granted acquisition keeps its token, so
+        // it refreshes the lock rather than contending with itself.
+        let granted = inner.holds.lock().granted(key, token);
+        let retry = granted.is_some();
+        let wire = granted.unwrap_or_else(Token::generate);
         let hold = Arc::new(Hold {
             key: key.to_vec(),
-            token: token.clone(),
+            token: wire,
             ttl,
             acquire: Call::new(inner.n()),
             forget_after: Mutex::new(deadline(start, ttl.saturating_add(inner.node_timeout))),
@@ -440,8 +533,8 @@ impl LockBackend for RedlockBackend {
         let late = deadline(start, wait);
         for (i, node) in inner.nodes.iter().enumerate() {
             let h = hold.clone();
-            if let Err(e) = node.submit(Box::new(move |b| acquire_on(&h, i, late, b))) {
-                hold.acquire.finish(i, Err(e));
+            if let Err(e) = node.submit(Box::new(move |w| acquire_on(&h, i, late, w)), true) {
+                hold.acquire.refuse(i, e);
             }
         }
         let q = inner.quorum;
@@ -498,12 +591,19 @@ impl LockBackend for RedlockBackend {
         } else {
             let (release, targets) = begin_release(st);
             drop(settled);
-            inner.release_on(&hold, &release, targets);
+            inner.release_on(
+                &release,
+                targets,
+                &hold.release_op(),
+                cleanup_window(hold.ttl),
+            );
         }
         // Contention needs no follow-up; success waits for its release, and a failure for
         // the release the manager sends after an error (answered at once: see `release`).
-        if !matches!(outcome, Ok(None)) {
-            inner.holds.lock().insert(hold);
+        // A failed retry of a granted acquisition replaces it: its cleanup used the same
+        // token, so the lock is no longer ours.
+        if retry || !matches!(outcome, Ok(None)) {
+            inner.holds.lock().insert(key, token, hold);
         }
         outcome
     }
@@ -516,26 +616,24 @@ impl LockBackend for RedlockBackend {
             .lock()
             .map
             .remove(&(key.to_vec(), token.clone()));
-        let release = match hold {
-            Some(hold) => {
-                let mut st = hold.acquire.lock();
-                if st.then_release.is_some() {
-                    // A failed acquisition: its cleanup is already under way.
-                    return Ok(false);
-                }
-                let (release, targets) = begin_release(&mut st);
-                drop(st);
-                inner.release_on(&hold, &release, targets);
-                release
-            }
-            None => {
-                let release = Arc::new(Call::new(inner.n()));
-                let (key, token) = (key.to_vec(), token.clone());
-                let op: Op<bool> = Arc::new(move |b| b.release(&key, &token));
-                inner.dispatch(&release, 0..inner.n(), Skip::Never, op);
-                release
-            }
+        // Unknown: never granted through this backend, released already, or expired long
+        // ago. Nothing of it can be on the nodes.
+        let Some(hold) = hold else {
+            return Ok(false);
         };
+        let mut st = hold.acquire.lock();
+        if st.then_release.is_some() {
+            // A failed acquisition: its cleanup is already under way.
+            return Ok(false);
+        }
+        let (release, targets) = begin_release(&mut st);
+        drop(st);
+        inner.release_on(
+            &release,
+            targets,
+            &hold.release_op(),
+            cleanup_window(hold.ttl),
+        );
         let q = inner.quorum;
         let settled = release.settle(start, inner.node_timeout, |st| {
             st.tally(|d| *d).verdict(q).is_some()
@@ -563,12 +661,16 @@ impl LockBackend for RedlockBackend {
     ) -> Result<Option<Duration>, BackendError> {
         let inner = &*self.inner;
         let start = Instant::now();
-        let (k, t) = (key.to_vec(), token.clone());
+        let Some(wire) = inner.holds.lock().granted(key, token) else {
+            return Ok(None);
+        };
+        let (k, t) = (key.to_vec(), wire);
         let q = inner.quorum;
         let label = |d: &Option<Duration>| if d.is_some() { "extended" } else { "not ours" };
         inner.fan_out(
             Arc::new(move |b| b.extend(&k, &t, how)),
             Skip::IfLate(deadline(start, inner.node_timeout)),
+            true,
             |st| st.tally(Option::is_some).verdict(q).is_some(),
             |st, timed_out, elapsed| {
                 let tally = st.tally(Option::is_some);
@@ -621,14 +723,18 @@ impl LockBackend for RedlockBackend {
         let inner = &*self.inner;
         // Held by us: a quorum holds our token. Locked by anybody: too few nodes are free
         // for a quorum, i.e. more than N - quorum nodes hold the key.
-        let need = match token {
-            Some(_) => inner.quorum,
-            None => inner.n() - inner.quorum + 1,
+        let (need, wire) = match token {
+            Some(t) => match inner.holds.lock().granted(key, t) {
+                Some(wire) => (inner.quorum, Some(wire)),
+                None => return Ok(None),
+            },
+            None => (inner.n() - inner.quorum + 1, None),
         };
-        let (k, t) = (key.to_vec(), token.cloned());
+        let (k, t) = (key.to_vec(), wire);
         inner.fan_out(
             Arc::new(move |b| b.inspect(&k, t.as_ref())),
             Skip::IfClosed,
+            true,
             // "Not held" is final as soon as it is certain; "held" waits for every node
             // (up to the timeout), since how long it lasts depends on all their TTLs.
             |st| {
@@ -671,6 +777,7 @@ impl LockBackend for RedlockBackend {
         inner.fan_out(
             Arc::new(move |b| b.force_release(&k)),
             Skip::Never,
+            false,
             |st| st.tally(|d| *d).pending == 0,
             |st, timed_out, _| {
                 let tally = st.tally(|d| *d);
@@ -694,6 +801,7 @@ impl LockBackend for RedlockBackend {
         inner.fan_out(
             Arc::new(|b| b.health_check()),
             Skip::IfClosed,
+            false,
             |st| st.tally(|_| true).pending == 0,
             |st, timed_out, _| {
                 let tally = st.tally(|_| true);
@@ -729,7 +837,14 @@ impl LockBackend for RedlockBackend {
                     Some(own) => Arc::from(own),
                     None => n.backend.clone(),
                 };
-                Node::start(i, n.addr.clone(), backend, 1, builder::MAX_QUEUED_PER_NODE)
+                Node::start(
+                    i,
+                    n.addr.clone(),
+                    backend,
+                    1,
+                    builder::MAX_QUEUED_PER_NODE,
+                    inner.node_timeout,
+                )
             })
             .collect::<Result<Vec<_>, _>>();
         match nodes {

@@ -1,92 +1,261 @@
-//! One node: its backend, and the persistent worker threads that run operations on it so
-//! a blocking caller can talk to every node at once.
+//! One node: its backend, the persistent worker threads that run operations on it so a
+//! blocking caller can talk to every node at once, delayed retries of cleanups the node
+//! could not take, and what the node's last answers say about its health.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use lock_core::{BackendError, BackendErrorKind, LockBackend};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
+
+/// The longest a node that keeps failing is left alone between two probes, and the
+/// longest pause between two retries of a cleanup: 1 s.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Most cleanups waiting for a retry on one node; beyond, their keys are left to expire.
+const MAX_RETRIES: usize = 4096;
 
 /// Work for one node, run on one of its workers.
-pub(crate) type Job = Box<dyn FnOnce(&dyn LockBackend) + Send>;
+pub(crate) type Job = Box<dyn FnOnce(&Worker<'_>) + Send>;
 
-/// A node and the queue of its workers. Dropping the last handle closes the queue; the
-/// workers finish what is queued (cleanup releases among it) and exit.
+/// What a job runs with: the node's backend, and the node's state.
+pub(crate) struct Worker<'a> {
+    pub(crate) backend: &'a dyn LockBackend,
+    shared: &'a Shared,
+}
+
+impl Worker<'_> {
+    /// Notes how the node answered. Call it before publishing the answer, so a caller
+    /// that sees the answer also sees the node's health it implies.
+    pub(crate) fn record<T>(&self, answer: &Result<T, BackendError>) {
+        self.shared.record(answer.is_ok());
+    }
+
+    /// Runs `job` on this node again after `delay`.
+    pub(crate) fn retry_later(&self, delay: Duration, job: Job) {
+        let mut q = self.shared.queue.lock();
+        if q.retries.len() >= MAX_RETRIES {
+            log::warn!(
+                "redlock node {}: too many cleanups waiting for a retry; this key is left \
+                 to expire by its ttl",
+                self.shared.addr
+            );
+            return;
+        }
+        let due = Instant::now()
+            .checked_add(delay)
+            .unwrap_or_else(Instant::now);
+        q.retries.push((due, job));
+        drop(q);
+        self.shared.ready.notify_one();
+    }
+
+    /// The node's address, for messages.
+    pub(crate) fn addr(&self) -> &str {
+        &self.shared.addr
+    }
+}
+
+/// A node and its workers. Dropping it closes the queue; the workers finish what is
+/// queued and the cleanups still being retried (each retries for a bounded time), then
+/// exit.
 pub(crate) struct Node {
     /// `host:port/db` or the label the caller gave; never a password.
     pub(crate) addr: String,
     pub(crate) backend: Arc<dyn LockBackend>,
-    queue: mpsc::Sender<Job>,
-    queued: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     max_queued: usize,
 }
 
+/// What the node's workers share with its handle.
+struct Shared {
+    addr: String,
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    health: Mutex<Health>,
+    first_backoff: Duration,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Cleanups to run again once due (a few at most, unless the node is failing).
+    retries: Vec<(Instant, Job)>,
+    closed: bool,
+}
+
+impl Queue {
+    /// The next job to run now, or how long to wait for one (`None`: until woken).
+    fn next(&mut self, now: Instant) -> Result<Job, Option<Duration>> {
+        if let Some(job) = self.jobs.pop_front() {
+            return Ok(job);
+        }
+        let earliest = self
+            .retries
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (due, _))| *due)
+            .map(|(i, (due, _))| (i, *due));
+        match earliest {
+            Some((i, due)) if due <= now => Ok(self.retries.swap_remove(i).1),
+            Some((_, due)) => Err(Some(due - now)),
+            None => Err(None),
+        }
+    }
+}
+
+/// A node that failed is "down": new operations that can do without it (acquire, extend,
+/// inspect) fail at once instead of queueing behind its timeouts, except one probe per
+/// backoff period, which goes through. Its first answer brings it back.
+#[derive(Default)]
+struct Health {
+    down_since: Option<Instant>,
+    backoff: Duration,
+    next_probe: Option<Instant>,
+}
+
+impl Shared {
+    fn record(&self, answered: bool) {
+        let mut h = self.health.lock();
+        if answered {
+            if let Some(since) = h.down_since.take() {
+                log::info!(
+                    "redlock node {} answers again after {:?}",
+                    self.addr,
+                    since.elapsed()
+                );
+            }
+            h.next_probe = None;
+            return;
+        }
+        let now = Instant::now();
+        h.backoff = match h.down_since {
+            None => {
+                log::warn!(
+                    "redlock node {} failed; counting it as down until a probe answers",
+                    self.addr
+                );
+                h.down_since = Some(now);
+                self.first_backoff
+            }
+            Some(_) => (h.backoff * 2).min(MAX_BACKOFF),
+        };
+        h.next_probe = now.checked_add(h.backoff);
+    }
+}
+
 impl Node {
-    /// Starts `workers` threads for `backend`.
+    /// Starts `workers` threads for `backend`. A node that fails is left alone for
+    /// `first_backoff`, doubling up to 1 s while it keeps failing.
     pub(crate) fn start(
         index: usize,
         addr: String,
         backend: Arc<dyn LockBackend>,
         workers: usize,
         max_queued: usize,
+        first_backoff: Duration,
     ) -> Result<Node, BackendError> {
-        let (queue, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            addr: addr.clone(),
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+            health: Mutex::new(Health::default()),
+            first_backoff,
+        });
+        let node = Node {
+            addr,
+            backend,
+            shared,
+            max_queued,
+        };
         for w in 0..workers.max(1) {
-            let (rx, queued, backend) = (rx.clone(), queued.clone(), backend.clone());
+            let (shared, backend) = (node.shared.clone(), node.backend.clone());
+            // On failure `node` is dropped, which stops the workers already started.
             thread::Builder::new()
                 .name(format!("redlock-n{index}-w{w}"))
-                .spawn(move || work(&rx, &queued, &*backend))
+                .spawn(move || work(&shared, &*backend))
                 .map_err(|e| {
                     BackendError::new(
                         BackendErrorKind::Other,
-                        format!("cannot start a worker thread for node {addr}: {e}"),
+                        format!("cannot start a worker thread for node {}: {e}", node.addr),
                     )
                     .with_source(e)
                 })?;
         }
-        Ok(Node {
-            addr,
-            backend,
-            queue,
-            queued,
-            max_queued,
-        })
+        Ok(node)
     }
 
-    /// Queues `job`. Refuses it if the node is overloaded (so many operations queued
-    /// that a new one could not run within any sensible timeout) or its workers are gone;
-    /// the caller then counts the node as failed, knowing nothing was sent to it.
-    pub(crate) fn submit(&self, job: Job) -> Result<(), BackendError> {
-        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+    /// Queues `job`. Refuses it, having sent nothing, if the node is overloaded (so many
+    /// operations queued that a new one could not run within any sensible timeout), or
+    /// (when `gated`) the node is down and no probe is due.
+    pub(crate) fn submit(&self, job: Job, gated: bool) -> Result<(), BackendError> {
+        if gated {
+            let mut h = self.shared.health.lock();
+            if let (Some(since), Some(probe)) = (h.down_since, h.next_probe) {
+                let now = Instant::now();
+                if now < probe {
+                    return Err(BackendError::new(
+                        BackendErrorKind::Io,
+                        format!(
+                            "node {} is down (failing for {:?}, next probe in {:?})",
+                            self.addr,
+                            now.saturating_duration_since(since),
+                            probe.saturating_duration_since(now)
+                        ),
+                    ));
+                }
+                // This one is the probe; the next waits for its outcome or the backoff.
+                h.next_probe = now.checked_add(h.backoff);
+            }
+        }
+        let mut q = self.shared.queue.lock();
+        if q.jobs.len() >= self.max_queued {
             let msg = format!(
                 "node {} is overloaded: {} operations already queued",
                 self.addr, self.max_queued
             );
             return Err(BackendError::new(BackendErrorKind::Timeout, msg));
         }
-        self.queue.send(job).map_err(|_| {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
-            let msg = format!("node {}: worker threads have stopped", self.addr);
-            BackendError::new(BackendErrorKind::Other, msg)
-        })
+        q.jobs.push_back(job);
+        drop(q);
+        self.shared.ready.notify_one();
+        Ok(())
     }
 }
 
-fn work(rx: &Mutex<mpsc::Receiver<Job>>, queued: &AtomicUsize, backend: &dyn LockBackend) {
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shared.queue.lock().closed = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+fn work(shared: &Shared, backend: &dyn LockBackend) {
+    let worker = Worker { backend, shared };
     loop {
-        // The lock is only held while waiting for the next job, never while running one.
-        let next = rx.lock().recv();
-        let Ok(job) = next else { return };
-        queued.fetch_sub(1, Ordering::SeqCst);
+        let job = {
+            let mut q = shared.queue.lock();
+            loop {
+                match q.next(Instant::now()) {
+                    Ok(job) => break job,
+                    Err(None) if q.closed => return,
+                    Err(None) => shared.ready.wait(&mut q),
+                    Err(Some(wait)) => {
+                        let _ = shared.ready.wait_for(&mut q, wait);
+                    }
+                }
+            }
+        };
         // A panicking backend must not take the worker with it; the caller of the lost job
         // sees no answer and counts the node as timed out.
-        if catch_unwind(AssertUnwindSafe(|| job(backend))).is_err() {
-            log::error!("a redlock node operation panicked; the node counts as timed out");
+        if catch_unwind(AssertUnwindSafe(|| job(&worker))).is_err() {
+            log::error!(
+                "a redlock operation on node {} panicked; it counts as failed",
+                shared.addr
+            );
+            shared.record(false);
         }
     }
 }
