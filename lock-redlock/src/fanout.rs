@@ -158,6 +158,16 @@ impl<T> Call<T> {
     }
 }
 
+impl<U: Copy> CallState<Option<U>> {
+    /// The answers that carried a value (acquired, extended, held).
+    pub(crate) fn values(&self) -> impl Iterator<Item = U> + '_ {
+        self.slots.iter().filter_map(|s| match s {
+            Slot::Done(Ok(Some(v))) => Some(*v),
+            _ => None,
+        })
+    }
+}
+
 impl<T> CallState<T> {
     /// Counts the answers: `yes` says which successful answers count for the quorum.
     pub(crate) fn tally(&self, yes: impl Fn(&T) -> bool) -> Tally {

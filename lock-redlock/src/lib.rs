@@ -26,35 +26,51 @@
 //! threads, so a blocking call hands its command to every node at once and one lock costs
 //! about one round trip, whatever N. The call returns as soon as the answers decide it:
 //!
-//! - **Acquire** succeeds once a quorum (`N/2 + 1`, see [`quorum`]) has set the key with
-//!   our token, provided time is left: the validity is `ttl - elapsed - drift` (see
-//!   [`validity`] and [`drift`]), measured on the monotonic clock from before the first
-//!   command was sent, and the lock is refused if it is not positive. The guard's
+//! - **Acquire** succeeds once a quorum (`N/2 + 1`, see [`quorum`]) has set the key,
+//!   provided time is left: the validity is `ttl - elapsed - drift` (see [`validity`] and
+//!   [`drift`]), measured on the monotonic clock from before the first command was sent,
+//!   and the lock is refused if it is not positive. The guard's
 //!   [`remaining`](lock_core::LockGuard::remaining) counts down from `ttl - drift` after
-//!   the start of the call, so it is never overstated. A node that has not answered
-//!   within the node timeout (50 ms by default, never more than the TTL's validity)
-//!   counts as failed; its late answer changes nothing.
+//!   the start of the call (the moment the first node's key may expire), so it is never
+//!   overstated. A node that has not answered within the node timeout (50 ms by default,
+//!   and never longer than the TTL leaves validity for) counts as failed; its late answer
+//!   changes nothing. A failed acquire therefore returns within
+//!   `min(node timeout, ttl - drift)`. A healthy node that is merely slower than the
+//!   quorum still sets the key (and is released with the rest).
 //! - **A failed acquire cleans up on every node that may hold our key**, including nodes
 //!   that errored or timed out (the command may have reached them). The cleanup runs on
 //!   the node workers after the call has returned; a node still busy with our acquire
-//!   releases right after it, so the release never overtakes it.
+//!   releases right after it, so the release never overtakes it; a node that fails the
+//!   release is asked again, backing off, for up to the TTL (at most a minute).
+//! - **Every attempt puts a fresh token on the wire.** The manager retries with one token;
+//!   the backend maps it to the token of the attempt that was granted, so the cleanup of
+//!   an earlier attempt can never delete what a later one set. Release, extend and
+//!   `is_held` must therefore go through the backend that acquired (or a clone, or its
+//!   [`dedicated`](LockBackend::dedicated) handle), as the manager always does; to any
+//!   other instance the token is unknown (release `false`, extend lost).
 //! - Contention is not an error: the acquire returns `Ok(None)` when the nodes that
 //!   answered could have formed a quorum but another holder has part of it. It is an
 //!   error of kind [`Quorum`](lock_core::BackendErrorKind::Quorum) when more nodes
 //!   failed than a quorum can spare (so nobody can lock), or when the quorum came too
 //!   late for the TTL. The message names every node's address (never a password) and its
-//!   outcome: acquired, held by another, error (with the node's error), timeout.
+//!   outcome: acquired, held by another, error (with the node's error), timeout, not sent.
+//! - **A failing node is left alone for a while**: after an error or a timeout, acquire,
+//!   extend and inspect fail on it at once instead of waiting out its timeout again,
+//!   except one probe per backoff period (the node timeout, doubling up to 1 s); its first
+//!   answer brings it back, and [`health_check`](LockBackend::health_check) asks every
+//!   node, so it re-admits recovered nodes at once. Releases always go out.
 //! - **Release** goes to every node that may hold the key and reports `true` when a
 //!   quorum deleted it, i.e. the lock was still ours by the Redlock rule; `false` when it
 //!   had expired or been taken over; an error when too many nodes failed to tell.
-//! - **Extend** succeeds only if a quorum extends the key with our token and validity is
-//!   left after the call (`new ttl - elapsed - drift`); otherwise the lock is reported
-//!   lost (or the error says which nodes failed).
-//! - **Inspect** with a token (the guard's `is_held`): held if a quorum holds our token;
-//!   the time left is when fewer than a quorum would still hold it. Without a token (the
+//! - **Extend** succeeds only if a quorum extends the key and validity is left after the
+//!   call (`shortest new ttl - elapsed - drift`); otherwise the lock is reported lost (or
+//!   the error says which nodes failed).
+//! - **Inspect** with a token (the guard's `is_held`): held if a quorum holds our key;
+//!   the time left is until fewer than a quorum would still hold it. Without a token (the
 //!   manager's `is_locked`/`ttl`): locked if fewer than a quorum of nodes are free, i.e.
-//!   an acquire now would fail; the time left is when a quorum will be free. With nodes
-//!   that did not answer, the time left is a lower bound.
+//!   an acquire now would fail; the time left is until a quorum will be free. "Not held"
+//!   returns as soon as it is certain; "held" waits for every node (up to the node
+//!   timeout), and with nodes that did not answer the time left is a lower bound.
 //! - **`force_release`** deletes the key on every node and succeeds if no more nodes
 //!   failed than a quorum can spare; **`health_check`** passes if a quorum answers
 //!   `PING` (failing nodes are logged at `warn`); **`dedicated`** gives the renewal thread
@@ -62,21 +78,25 @@
 //!
 //! # Fencing tokens: what they do and do not guarantee
 //! Each node mints its own counter atomically with its `SET NX`; the lock's fencing token
-//! is the **largest** counter among the nodes that granted it. There is no quorum-safe
-//! monotonic counter across independent masters, so:
+//! is the **largest** counter among the nodes whose grants decided the acquisition (the
+//! first quorum to answer). There is no quorum-safe monotonic counter across independent
+//! masters, so:
 //!
 //! - **Guaranteed:** a later acquisition's token is greater than an earlier one's
-//!   whenever the node that minted the earlier token (its largest counter) also granted
-//!   the later acquisition and kept its data. With every node healthy, every acquisition
-//!   is granted by every node and tokens strictly increase.
-//! - **Not guaranteed:** after node failures the counters diverge (a node that was down
-//!   missed increments; a node restarted without persistence starts again at 1), and a
-//!   later holder whose quorum does not include the node with the largest counter can get
-//!   a **smaller** token than its predecessor. A resource that rejects smaller tokens
-//!   then refuses a legitimate holder (safe, but unavailable); it never accepts a stale
-//!   holder whose token is below the largest it has seen.
+//!   whenever the node that minted the earlier token is among the nodes that decided the
+//!   later acquisition and kept its data in between (its counter only grows).
+//! - **Not guaranteed:** the counters of different nodes diverge: an attempt that fails
+//!   still increments the nodes it reached, a node that was down or slow missed
+//!   increments, a node restarted without persistence starts again at 1. A later holder
+//!   whose deciding quorum does not include the node with the largest counter can get a
+//!   **smaller** token than its predecessor. A resource that rejects smaller tokens then
+//!   refuses a legitimate holder (safe, but unavailable); it never accepts a stale holder
+//!   whose token is below the largest it has seen.
 //!
-//! Where fencing must be strict, mint tokens in one linearizable store.
+//! In a healthy cluster without contention every node takes part in every acquisition,
+//! the counters stay in step and tokens do increase (the conformance suite checks it on 3
+//! and 5 nodes), but that is an observation, not a promise. Where fencing must be strict,
+//! mint tokens in one linearizable store.
 //!
 //! # Assumptions (the Redlock model)
 //! - **Clocks do not jump.** Expiry runs on each server's clock; a server whose clock is
@@ -92,7 +112,8 @@
 //!   4 nodes need 3 and tolerate one failure, like 3 nodes do.
 //! - **Node timeouts small against the TTL.** A node costs at most its timeout; the lock
 //!   is only worth its validity, which is what is left of the TTL after the slowest
-//!   needed answer and the drift. Choose TTLs well above the node timeout.
+//!   needed answer and the drift. Choose TTLs well above the node timeout; a TTL the
+//!   drift alone eats (about 2 ms and less) is refused before any I/O.
 //! - **The work fits in the validity.** As with every lease: check
 //!   [`remaining`](lock_core::LockGuard::remaining), extend or renew, and use fencing
 //!   where the resource can check it.
@@ -156,15 +177,16 @@ struct Inner {
     node_timeout: Duration,
     drift_factor: f64,
     workers: usize,
-    /// Acquisitions whose release may need to wait for a node still running them, and
-    /// failed ones whose cleanup is already under way. Shared with dedicated handles.
+    /// Acquisitions by key and the manager's token: granted ones (their wire token, and
+    /// nodes still running them that the release must wait for), and failed ones whose
+    /// cleanup is already under way. Shared with dedicated handles.
     holds: Arc<Mutex<Holds>>,
 }
 
 /// One acquisition: its fan-out, and the state the release needs.
 struct Hold {
     key: Vec<u8>,
-    /// The token on the wire: fresh for every attempt (see `wire_token`), never the
+    /// The token on the wire: fresh for every attempt (see the crate docs), never the
     /// manager's.
     token: Token,
     ttl: Duration,
@@ -547,15 +569,7 @@ impl LockBackend for RedlockBackend {
         let outcome = match tally.settle(q) {
             Verdict::Yes => match validity(ttl, elapsed, drift) {
                 Some(left) => {
-                    let fencing_token = st
-                        .slots
-                        .iter()
-                        .filter_map(|s| match s {
-                            Slot::Done(Ok(Some(a))) => Some(a.fencing_token),
-                            _ => None,
-                        })
-                        .max()
-                        .unwrap_or(0);
+                    let fencing_token = st.values().map(|a| a.fencing_token).max().unwrap_or(0);
                     // Measured from the start of the call, as the manager counts it:
                     // ttl - drift, the moment the first node's key may expire.
                     Ok(Some(Acquired {
@@ -677,15 +691,7 @@ impl LockBackend for RedlockBackend {
                 match tally.settle(q) {
                     Verdict::Yes => {
                         // The lock lasts as long as its shortest-lived quorum node.
-                        let shortest = st
-                            .slots
-                            .iter()
-                            .filter_map(|s| match s {
-                                Slot::Done(Ok(Some(d))) => Some(*d),
-                                _ => None,
-                            })
-                            .min()
-                            .unwrap_or(Duration::ZERO);
+                        let shortest = st.values().min().unwrap_or(Duration::ZERO);
                         let drift = drift(shortest, inner.drift_factor);
                         let Some(left) = validity(shortest, elapsed, drift) else {
                             return Err(inner.failure(
@@ -746,14 +752,7 @@ impl LockBackend for RedlockBackend {
                 let tally = st.tally(Option::is_some);
                 match tally.settle(need) {
                     Verdict::Yes => {
-                        let left = st
-                            .slots
-                            .iter()
-                            .filter_map(|s| match s {
-                                Slot::Done(Ok(Some(d))) => Some(*d),
-                                _ => None,
-                            })
-                            .collect();
+                        let left = st.values().collect();
                         Ok(quorum_remaining(left, need))
                     }
                     Verdict::No => Ok(None),
