@@ -484,3 +484,28 @@ fn a_restarted_node_is_used_again() {
     eventually("every node holds it", || ours(&all, &key) == 3);
     g.release().unwrap();
 }
+
+#[test]
+fn auto_renewal_keeps_a_redlock_lock_past_its_ttl() {
+    let nodes = shared_cluster(3);
+    let mgr = LockManager::builder(redlock(&nodes))
+        .auto_renew(true)
+        .build()
+        .unwrap();
+    let name = fresh_name();
+    let g = mgr
+        .lock_with(&name, LockOptions::new().ttl(ms(300)))
+        .unwrap();
+    thread::sleep(ms(1000));
+    assert!(
+        g.is_held().unwrap(),
+        "renewal (through the dedicated handle) lost it"
+    );
+    assert!(g.remaining() > Duration::ZERO);
+    assert!(LockManager::new(redlock(&nodes))
+        .try_lock(&name)
+        .unwrap()
+        .is_none());
+    g.release().unwrap();
+    assert!(!mgr.is_locked(&name).unwrap());
+}
