@@ -1,0 +1,395 @@
+//! Secrets never leak: a run that fails in every way we can provoke (wrong password,
+//! refused connection, timeout, ACL permission errors, lost locks, failed releases on drop,
+//! bad URLs), with every log record captured and every value formatted with `{}` and
+//! `{:?}`, must show neither a password nor a whole lock token anywhere.
+//!
+//! One test only: the logger is global to this binary.
+
+use std::error::Error as _;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use lock_core::{LockError, LockGuard, LockManager, LockOptions};
+use lock_redis::RedisBackend;
+use lock_tests::harness::RedisServer;
+use lock_tests::proxy::{Mode, Proxy};
+
+/// The password of the servers and users here (URL-safe as it is).
+const SECRET: &str = "Pw-8d1c6f0e2b7a-secret";
+/// A password with characters that must be percent-encoded in a URL.
+const SPECIAL: &str = "s3cr:t@/p%w+x";
+const SPECIAL_ENCODED: &str = "s3cr%3At%40%2Fp%25w%2Bx";
+/// A wrong password, which must not show either.
+const WRONG: &str = "wrong-Pw-3e9a77c1";
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn fresh() -> String {
+    lock_core::conformance::fresh_name()
+}
+
+// ---- capturing everything -----------------------------------------------------------------
+
+/// Every log record, formatted.
+static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = format!(
+            "{} {} {}:{} {}",
+            record.level(),
+            record.target(),
+            record.file().unwrap_or("?"),
+            record.line().unwrap_or(0),
+            record.args()
+        );
+        LOG.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture;
+
+/// Everything formatted during the run, and the full tokens seen on servers.
+#[derive(Default)]
+struct Seen {
+    shown: Vec<String>,
+    tokens: Vec<String>,
+}
+
+impl Seen {
+    fn debug(&mut self, v: &impl Debug) {
+        self.shown.push(format!("{v:?}"));
+        self.shown.push(format!("{v:#?}"));
+    }
+
+    /// An error with `{}` and `{:?}`, and every error in its `source()` chain.
+    fn error(&mut self, e: &LockError) {
+        self.shown.push(e.to_string());
+        self.debug(e);
+        let mut source = e.source();
+        while let Some(s) = source {
+            self.shown.push(s.to_string());
+            self.shown.push(format!("{s:?}"));
+            source = s.source();
+        }
+    }
+
+    /// Records `r`'s error (if any) and returns it.
+    fn fail<T: Debug>(&mut self, what: &str, r: Result<T, LockError>) -> LockError {
+        match r {
+            Ok(v) => panic!("{what}: expected an error, got {v:?}"),
+            Err(e) => {
+                self.error(&e);
+                e
+            }
+        }
+    }
+
+    /// Reads the full token of `guard` from the server (over `conn`) and records it.
+    fn token_of(&mut self, conn: &mut redis::Connection, guard: &LockGuard) {
+        let key = [b"lock:".as_slice(), guard.name().as_bytes()].concat();
+        let token: String = redis::cmd("GET").arg(key).query(conn).unwrap();
+        assert_eq!(token.len(), 32);
+        self.debug(guard);
+        self.tokens.push(token);
+    }
+}
+
+fn backend(url: &str) -> RedisBackend {
+    RedisBackend::builder(url)
+        .connect_timeout(ms(200))
+        .read_timeout(ms(200))
+        .write_timeout(ms(200))
+        .checkout_timeout(ms(300))
+        .build()
+        .unwrap()
+}
+
+fn authed(server: &RedisServer, user: &str, password: &str) -> redis::Connection {
+    let url = format!("redis://{user}:{password}@{}/", server.addr());
+    redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(ms(2000))
+        .unwrap()
+}
+
+/// Every operation of a manager, each expected to fail.
+fn fail_everything(seen: &mut Seen, mgr: &LockManager) {
+    let name = fresh();
+    seen.fail(
+        "lock",
+        mgr.lock_with(&name, LockOptions::new().wait(Some(ms(100)))),
+    );
+    seen.fail("try_lock", mgr.try_lock(&name));
+    seen.fail("is_locked", mgr.is_locked(&name));
+    seen.fail("ttl", mgr.ttl(&name));
+    seen.fail("force_unlock", mgr.force_unlock(&name));
+    seen.fail("wait_unlocked", mgr.wait_unlocked(&name, Some(ms(100))));
+    seen.fail("lock_all", mgr.lock_all([fresh(), fresh()]));
+    seen.fail("with_lock", mgr.with_lock(&name, || ()));
+    seen.fail("health_check", mgr.health_check());
+    seen.debug(mgr);
+    seen.debug(&mgr.stats());
+}
+
+// ---- the run ------------------------------------------------------------------------------
+
+#[test]
+fn no_password_or_whole_token_in_any_log_line_or_formatted_value() {
+    log::set_logger(&CAPTURE).unwrap();
+    log::set_max_level(log::LevelFilter::Trace);
+    let mut seen = Seen::default();
+
+    let server = RedisServer::start_with(&[
+        "--requirepass",
+        SECRET,
+        "--user",
+        &format!("special on >{SPECIAL} ~* &* +@all"),
+        // Everything the library needs, but no wake-ups: its subscriber is refused.
+        "--user",
+        &format!(
+            "nowake on >{SECRET} ~lock:* ~fence:* -@all +evalsha +script|load +pttl +ping \
+             +set +get +incr +pexpire +del"
+        ),
+        // No right to the fencing counters: every acquire is refused.
+        "--user",
+        &format!("narrow on >{SECRET} ~lock:* -@all +evalsha +script|load +pttl +ping"),
+    ]);
+    let mut admin = authed(&server, "default", SECRET);
+    let good_url = format!("redis://:{SECRET}@{}/", server.addr());
+
+    // Success first: the tokens to look for, and the debug lines of acquire and release.
+    {
+        let builder = RedisBackend::builder(&good_url);
+        seen.debug(&builder);
+        let backend = builder.build().unwrap();
+        seen.debug(&backend);
+        seen.shown.push(backend.addr().to_owned());
+        let mgr_builder = LockManager::builder(backend.clone()).auto_renew(true);
+        seen.debug(&mgr_builder);
+        let mgr = mgr_builder.build().unwrap();
+        seen.debug(&mgr);
+        let g = mgr.lock(fresh()).unwrap();
+        seen.token_of(&mut admin, &g);
+        g.extend(ms(1000)).unwrap();
+        g.release().unwrap();
+        let both = mgr.lock_all([fresh(), fresh()]).unwrap();
+        for g in both.guards() {
+            seen.token_of(&mut admin, g);
+        }
+        seen.debug(&both);
+        drop(both);
+
+        // A password that needs percent-encoding.
+        let special_url = format!("redis://special:{SPECIAL_ENCODED}@{}/", server.addr());
+        let special = LockManager::new(backend_for_debug(&mut seen, &special_url));
+        let g = special.lock(fresh()).unwrap();
+        seen.token_of(&mut admin, &g);
+        drop(g);
+    }
+
+    // A lock lost behind its holder's back: renewal finds it gone and warns.
+    {
+        let lost = Arc::new(AtomicBool::new(false));
+        let flag = lost.clone();
+        let mgr = LockManager::builder(backend(&good_url))
+            .auto_renew(true)
+            .on_lost(move |_, _| flag.store(true, Ordering::SeqCst))
+            .build()
+            .unwrap();
+        let name = fresh();
+        let g = mgr
+            .lock_with(&name, LockOptions::new().ttl(ms(300)))
+            .unwrap();
+        seen.token_of(&mut admin, &g);
+        assert!(mgr.force_unlock(&name).unwrap());
+        wait_for(ms(2000), "the loss is detected", || {
+            lost.load(Ordering::SeqCst)
+        });
+        seen.fail("check", g.check());
+        seen.fail("extend", g.extend(ms(100)));
+        seen.fail("release", g.release());
+    }
+
+    // Timeouts: a blackhole between client and server, with locks held across it, so
+    // renewal fails and dropping a guard fails to release.
+    {
+        let proxy = Proxy::start(&server.addr()).unwrap();
+        let url = format!("redis://:{SECRET}@{}/", proxy.addr());
+        let mgr = LockManager::builder(backend_for_debug(&mut seen, &url))
+            .auto_renew(true)
+            .build()
+            .unwrap();
+        let renewed = mgr
+            .lock_with(fresh(), LockOptions::new().ttl(ms(400)))
+            .unwrap();
+        seen.token_of(&mut admin, &renewed);
+        let dropped = mgr
+            .lock_with(fresh(), LockOptions::new().auto_renew(false))
+            .unwrap();
+        seen.token_of(&mut admin, &dropped);
+        proxy.set_mode(Mode::Blackhole);
+        fail_everything(&mut seen, &mgr);
+        seen.fail("extend", dropped.extend(ms(100)));
+        seen.fail("is_held", dropped.is_held());
+        drop(dropped); // logs a failed release
+        wait_for(ms(3000), "renewal gives up", || renewed.check().is_err());
+        seen.fail("check", renewed.check());
+        seen.debug(&renewed);
+        drop(renewed);
+        drop(mgr);
+    }
+
+    // Permission errors, and a waiter whose wake-up subscriber is refused.
+    {
+        let narrow = format!("redis://narrow:{SECRET}@{}/", server.addr());
+        let mgr = LockManager::new(backend_for_debug(&mut seen, &narrow));
+        for what in ["lock", "try_lock"] {
+            let err = seen.fail(what, mgr.try_lock(fresh()));
+            assert_eq!(
+                err.backend_kind(),
+                Some(lock_core::BackendErrorKind::Permission),
+                "{err}"
+            );
+        }
+        seen.fail("lock_all", mgr.lock_all([fresh(), fresh()]));
+
+        let nowake = format!("redis://nowake:{SECRET}@{}/", server.addr());
+        let holder = LockManager::new(backend(&nowake));
+        let waiter = LockManager::new(backend_for_debug(&mut seen, &nowake));
+        let name = fresh();
+        let g = holder.lock(&name).unwrap();
+        seen.token_of(&mut admin, &g);
+        let start = Instant::now();
+        let err = seen.fail(
+            "lock",
+            waiter.lock_with(&name, LockOptions::new().wait(Some(ms(400)))),
+        );
+        assert!(matches!(err, LockError::Timeout { .. }), "{err}");
+        assert!(start.elapsed() >= ms(400));
+        g.release().unwrap();
+    }
+
+    // Wrong passwords, an unknown user, a refused connection, and bad URLs with a
+    // password in them: each URL either fails to build, or every operation on it fails.
+    // The failing backends run side by side, as each call waits out its timeouts.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let urls = [
+        format!("redis://:{WRONG}@{}/", server.addr()),
+        format!("redis://nowake:{WRONG}@{}/", server.addr()),
+        format!("redis://nobody:{SECRET}@{}/", server.addr()),
+        format!("redis://:{SECRET}@127.0.0.1:{closed_port}/"),
+        format!("redis://:{SECRET}@127.0.0.1:{closed_port}/notadb"),
+        format!("redis://user:{SECRET}@127.0.0.1:notaport/"),
+        format!("http://:{SECRET}@127.0.0.1:{closed_port}/"),
+        format!("redis://:{SECRET}@[::1/"),
+        format!("redis://:{SECRET}@127.0.0.1:{closed_port}/0?protocol=resp9"),
+        format!("rediss://:{SECRET}@127.0.0.1:{closed_port}/"),
+        format!("redis+unix:///nonexistent/redis.sock?pass={SECRET}"),
+        format!("redis://:{SPECIAL}@127.0.0.1:{closed_port}/"),
+        SECRET.to_owned(),
+    ];
+    let mut usable = Vec::new();
+    for url in urls {
+        let builder = RedisBackend::builder(&url);
+        seen.debug(&builder);
+        match builder.build() {
+            Err(e) => seen.error(&e),
+            Ok(_) => usable.push(url),
+        }
+    }
+    assert!(
+        usable.len() >= 4,
+        "the wrong-password and refused URLs build"
+    );
+    let results: Vec<Seen> = thread::scope(|s| {
+        let handles: Vec<_> = usable
+            .iter()
+            .map(|url| {
+                s.spawn(move || {
+                    let mut seen = Seen::default();
+                    let mgr = LockManager::new(backend_for_debug(&mut seen, url));
+                    fail_everything(&mut seen, &mgr);
+                    seen
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in results {
+        seen.shown.extend(r.shown);
+    }
+
+    // ---- the verdict ----
+    let log = LOG.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // The run did go through the failure paths that log.
+    for expected in [
+        "acquired lock",
+        "released lock",
+        "lost lock",
+        "releasing on drop failed",
+        "wake-up subscriber",
+    ] {
+        assert!(
+            log.iter().any(|l| l.contains(expected)),
+            "no log line contains {expected:?}; captured {} lines",
+            log.len()
+        );
+    }
+    assert!(seen.tokens.len() >= 8);
+    let secrets = [SECRET, SPECIAL, SPECIAL_ENCODED, WRONG];
+    for line in log.iter().chain(&seen.shown) {
+        for secret in secrets {
+            assert!(!line.contains(secret), "{secret:?} shown in: {line}");
+        }
+        for token in &seen.tokens {
+            assert!(!line.contains(token.as_str()), "a whole token in: {line}");
+        }
+    }
+    eprintln!(
+        "checked {} log lines and {} formatted values against {} passwords and {} tokens",
+        log.len(),
+        seen.shown.len(),
+        secrets.len(),
+        seen.tokens.len()
+    );
+}
+
+/// A backend for `url`, its builder and itself recorded with `{:?}`.
+fn backend_for_debug(seen: &mut Seen, url: &str) -> RedisBackend {
+    let builder = RedisBackend::builder(url)
+        .connect_timeout(ms(100))
+        .read_timeout(ms(150))
+        .write_timeout(ms(150))
+        .checkout_timeout(ms(150));
+    seen.debug(&builder);
+    let backend = builder.build().unwrap();
+    seen.debug(&backend);
+    seen.shown.push(backend.addr().to_owned());
+    backend
+}
+
+fn wait_for(limit: Duration, what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        thread::sleep(ms(5));
+    }
+}
