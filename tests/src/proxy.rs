@@ -762,7 +762,8 @@ mod tests {
                 s
             })
             .collect();
-        assert!(!proxy.wait_idle(Duration::from_millis(100)));
+        thread::sleep(Duration::from_millis(100));
+        assert!(!proxy.wait_idle(Duration::from_millis(10)));
         let start = Instant::now();
         drop(proxy);
         assert!(
