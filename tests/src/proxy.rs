@@ -312,14 +312,17 @@ impl Shared {
     }
 
     /// Whether the reply just read on `conn` is to be dropped (and counts it if so).
+    /// The request the reply answers is forgotten here, before the reply is forwarded, so
+    /// that the client's next request cannot be forgotten in its place.
     fn take_reply_drop(&self, conn: &Conn) -> bool {
+        let request = std::mem::take(&mut *lock(&conn.request));
         let mut st = lock(&self.state);
         let drop = match st.mode {
             Mode::DropReplies => true,
             Mode::PassThrough | Mode::Latency { .. } if st.drop_budget > 0 => {
                 let matches = match &st.drop_needle {
                     None => true,
-                    Some(needle) => contains(&lock(&conn.request), needle),
+                    Some(needle) => contains(&request, needle),
                 };
                 if matches {
                     st.drop_budget -= 1;
@@ -533,9 +536,6 @@ fn forward(
     }
     if to.write_all(chunk).is_err() {
         return false;
-    }
-    if !upstream_bound {
-        lock(&conn.request).clear();
     }
     true
 }
