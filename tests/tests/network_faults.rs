@@ -65,8 +65,25 @@ fn backend(url: &str, t: Timeouts) -> RedisBackend {
 /// the release scripts loaded, so that a fault hits a lock command and not the setup.
 fn warm_manager(proxy: &Proxy, t: Timeouts) -> LockManager {
     let mgr = LockManager::new(backend(&proxy.url(), t));
-    mgr.lock(fresh()).unwrap().release().unwrap();
+    lock_and_release(&mgr, &fresh());
     mgr
+}
+
+/// The shared server, a proxy in front of it, and a warm manager through the proxy.
+fn through_proxy(t: Timeouts) -> (Arc<RedisServer>, Proxy, LockManager) {
+    let server = RedisServer::shared();
+    let proxy = Proxy::start(&server.addr()).unwrap();
+    let mgr = warm_manager(&proxy, t);
+    (server, proxy, mgr)
+}
+
+/// Takes the free lock `name` at once and releases it, or panics.
+fn lock_and_release(mgr: &LockManager, name: &str) {
+    mgr.try_lock(name)
+        .unwrap()
+        .expect("free")
+        .release()
+        .unwrap();
 }
 
 fn key(name: &str) -> String {
@@ -116,13 +133,11 @@ fn backend_kind(r: Result<Option<LockGuard>, LockError>) -> (BackendErrorKind, L
 
 #[test]
 fn locks_work_under_latency_and_jitter_below_the_read_timeout() {
-    let server = RedisServer::shared();
-    let proxy = Proxy::start(&server.addr()).unwrap();
     let t = Timeouts {
         io: ms(1000),
         ..QUICK
     };
-    let mgr = warm_manager(&proxy, t);
+    let (server, proxy, mgr) = through_proxy(t);
     // 15-25 ms each way: a round trip of 30-50 ms, far below the 1 s read timeout.
     let base = ms(15);
     proxy.set_mode(Mode::Latency {
@@ -146,13 +161,11 @@ fn locks_work_under_latency_and_jitter_below_the_read_timeout() {
 
 #[test]
 fn latency_past_the_read_timeout_is_a_timeout_error_and_leaves_no_lock_behind() {
-    let server = RedisServer::shared();
-    let proxy = Proxy::start(&server.addr()).unwrap();
     let t = Timeouts {
         io: ms(100),
         ..QUICK
     };
-    let mgr = warm_manager(&proxy, t);
+    let (server, proxy, mgr) = through_proxy(t);
     // 150 ms each way: every reply comes 300 ms after its request, past the 100 ms timeout.
     proxy.set_mode(Mode::Latency {
         base: ms(150),
@@ -190,9 +203,7 @@ fn latency_past_the_read_timeout_is_a_timeout_error_and_leaves_no_lock_behind() 
 
 #[test]
 fn blackhole_is_a_timeout_error_within_the_configured_timeouts() {
-    let server = RedisServer::shared();
-    let proxy = Proxy::start(&server.addr()).unwrap();
-    let warm = warm_manager(&proxy, QUICK);
+    let (server, proxy, warm) = through_proxy(QUICK);
     proxy.set_mode(Mode::Blackhole);
 
     // A warm connection: the command is sent and no reply ever comes.
@@ -232,22 +243,15 @@ fn blackhole_is_a_timeout_error_within_the_configured_timeouts() {
     eventually(ms(2000), "the late acquire cleaned up", || {
         raw_get(&server, &key(&name)).is_none()
     });
-    let g = warm.try_lock(fresh()).unwrap().expect("free");
-    g.release().unwrap();
-    cold.try_lock(fresh())
-        .unwrap()
-        .expect("free")
-        .release()
-        .unwrap();
+    lock_and_release(&warm, &fresh());
+    lock_and_release(&cold, &fresh());
 }
 
 // ---- reset --------------------------------------------------------------------------------
 
 #[test]
 fn reset_is_an_io_error_and_the_backend_recovers_when_connections_work_again() {
-    let server = RedisServer::shared();
-    let proxy = Proxy::start(&server.addr()).unwrap();
-    let mgr = warm_manager(&proxy, QUICK);
+    let (_server, proxy, mgr) = through_proxy(QUICK);
     let held = fresh();
     let g = mgr.lock(&held).unwrap();
     proxy.set_mode(Mode::Reset);
@@ -265,17 +269,14 @@ fn reset_is_an_io_error_and_the_backend_recovers_when_connections_work_again() {
     // The broken pooled connection is replaced; the lock taken before is still ours.
     assert!(g.is_held().unwrap());
     g.release().unwrap();
-    let again = mgr.try_lock(fresh()).unwrap().expect("free");
-    again.release().unwrap();
+    lock_and_release(&mgr, &fresh());
 }
 
 // ---- lost replies -------------------------------------------------------------------------
 
 #[test]
 fn an_acquire_whose_reply_is_lost_once_is_retried_with_the_same_token() {
-    let server = RedisServer::shared();
-    let proxy = Proxy::start(&server.addr()).unwrap();
-    let mgr = warm_manager(&proxy, QUICK);
+    let (server, proxy, mgr) = through_proxy(QUICK);
     let name = fresh();
     proxy.drop_next_replies_to(1, b"EVALSHA");
     let g = mgr
@@ -297,9 +298,7 @@ fn an_acquire_whose_reply_is_lost_once_is_retried_with_the_same_token() {
 
 #[test]
 fn an_acquire_whose_replies_are_lost_is_an_error_and_cleaned_up_at_once() {
-    let server = RedisServer::shared();
-    let proxy = Proxy::start(&server.addr()).unwrap();
-    let mgr = warm_manager(&proxy, QUICK);
+    let (server, proxy, mgr) = through_proxy(QUICK);
     let name = fresh();
     // The attempt's reply and its retry's: both reached the server and set the key.
     proxy.drop_next_replies_to(2, b"EVALSHA");
@@ -317,9 +316,7 @@ fn an_acquire_whose_replies_are_lost_is_an_error_and_cleaned_up_at_once() {
 
 #[test]
 fn an_acquire_cut_off_from_the_server_leaves_the_key_for_its_ttl_at_most() {
-    let server = RedisServer::shared();
-    let proxy = Proxy::start(&server.addr()).unwrap();
-    let mgr = warm_manager(&proxy, QUICK);
+    let (server, proxy, mgr) = through_proxy(QUICK);
     let name = fresh();
     // Longer than the failed call (the attempt, then the retry and the cleanup each waiting
     // out the checkout timeout), so the orphan can be seen.
@@ -351,20 +348,14 @@ fn an_acquire_cut_off_from_the_server_leaves_the_key_for_its_ttl_at_most() {
     eventually(ttl + ms(1000), "the orphan expires by its TTL", || {
         raw_get(&server, &key(&name)).is_none()
     });
-    mgr.try_lock(&name)
-        .unwrap()
-        .expect("free")
-        .release()
-        .unwrap();
+    lock_and_release(&mgr, &name);
 }
 
 /// Our lock expires, somebody else takes it, and our release's reply is lost and retried:
 /// neither the release nor its retry may touch the new holder's key.
 #[test]
 fn a_retried_release_never_deletes_another_holders_key() {
-    let server = RedisServer::shared();
-    let proxy = Proxy::start(&server.addr()).unwrap();
-    let ours = warm_manager(&proxy, QUICK);
+    let (server, proxy, ours) = through_proxy(QUICK);
     let theirs = LockManager::new(backend(&server.url(), QUICK));
     for lost_replies in [1, 2] {
         let name = fresh();
@@ -394,9 +385,7 @@ fn a_retried_release_never_deletes_another_holders_key() {
 #[test]
 #[ignore = "lock-redis retries a release whose reply was lost and reports the retry's `false` as NotHeld"]
 fn a_release_whose_reply_is_lost_is_not_reported_as_not_held() {
-    let server = RedisServer::shared();
-    let proxy = Proxy::start(&server.addr()).unwrap();
-    let mgr = warm_manager(&proxy, QUICK);
+    let (server, proxy, mgr) = through_proxy(QUICK);
     let name = fresh();
     let g = mgr.lock(&name).unwrap();
     proxy.drop_next_replies_to(1, b"EVALSHA");
