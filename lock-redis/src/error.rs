@@ -19,6 +19,11 @@ fn classify(e: &RedisError) -> BackendErrorKind {
     if matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) {
         return BackendErrorKind::Auth;
     }
+    // A command refused by ACL inside a script comes back as a plain ERR with this text.
+    let text = e.to_string();
+    if text.contains("can't run this command") || text.contains("no permissions") {
+        return BackendErrorKind::Permission;
+    }
     match e.kind() {
         ErrorKind::AuthenticationFailed => BackendErrorKind::Auth,
         ErrorKind::Server(ServerErrorKind::NoPerm) => BackendErrorKind::Permission,
@@ -43,8 +48,19 @@ pub(crate) fn pool_error(addr: &str, e: &r2d2::Error) -> Failed {
         BackendErrorKind::Auth
     } else if text.contains("NOPERM") {
         BackendErrorKind::Permission
-    } else if text.contains("refused") || text.contains("reset") || text.contains("broken pipe") {
+    } else if [
+        "refused",
+        "reset",
+        "roken pipe",
+        "end of file",
+        "No such file",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
+    {
         BackendErrorKind::Io
+    } else if text.contains("arse error") {
+        BackendErrorKind::Protocol
     } else {
         BackendErrorKind::Timeout
     };

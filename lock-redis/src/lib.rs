@@ -225,7 +225,18 @@ impl RedisBackend {
     /// # Errors
     /// The [`BackendError`] met: unreachable, timed out, authentication failed, …
     pub fn ping(&self) -> Result<(), BackendError> {
-        self.run(true, |c| redis::cmd("PING").query::<()>(c))
+        let reply = self.run(true, |c| redis::cmd("PING").query::<String>(c))?;
+        if reply == "PONG" {
+            Ok(())
+        } else {
+            Err(BackendError::new(
+                lock_core::BackendErrorKind::Protocol,
+                format!(
+                    "redis at {}: PING was not answered with PONG",
+                    self.inner.addr
+                ),
+            ))
+        }
     }
 
     /// Runs `f` on a pooled connection. A connection that broke while idle in the pool
@@ -338,7 +349,9 @@ impl LockBackend for RedisBackend {
 
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
         let wake = self.inner.wake.as_deref();
+        let tries = std::cell::Cell::new(0u32);
         let result = self.run(true, |c| {
+            tries.set(tries.get() + 1);
             let mut call = scripts::RELEASE.key(key);
             call.arg(token.as_bytes());
             if let Some(w) = wake {
@@ -346,7 +359,19 @@ impl LockBackend for RedisBackend {
             }
             call.invoke::<i64>(c)
         });
-        let result = result.map(|deleted| deleted == 1);
+        let result = match result {
+            // The first try's connection dropped after it may have deleted our key, so a
+            // retry finding nothing cannot tell "released by us" from "expired".
+            Ok(0) if tries.get() > 1 => Err(BackendError::new(
+                lock_core::BackendErrorKind::Io,
+                format!(
+                    "redis at {}: the reply to a release was lost; the lock was released \
+                     by it or had already expired",
+                    self.inner.addr
+                ),
+            )),
+            other => other.map(|deleted| deleted == 1),
+        };
         if let Some(w) = wake {
             w.released(key, Some(token), result.as_ref().ok().copied());
         }

@@ -630,7 +630,6 @@ fn a_server_answering_nonsense_is_a_clear_backend_error_never_a_guard() {
 /// error at 1") and a server that hangs up ("unexpected end of file") both come out as
 /// `Timeout`.
 #[test]
-#[ignore = "lock-redis pool_error classifies handshake parse errors and EOF as Timeout"]
 fn a_server_answering_garbage_to_the_handshake_is_a_protocol_error() {
     use BackendErrorKind::*;
     let cases: [(&str, &'static [u8], &[BackendErrorKind]); 4] = [
@@ -657,7 +656,6 @@ fn a_server_answering_garbage_to_the_handshake_is_a_protocol_error() {
 /// Pins a gap: `health_check` sends `PING` and accepts any non-error reply, so a server
 /// that answers `+OK` (or any string) to everything passes for a healthy Redis.
 #[test]
-#[ignore = "lock-redis ping() accepts any reply to PING, not only PONG"]
 fn a_health_check_fails_on_a_server_that_does_not_answer_pong() {
     for reply in [&b"+OK\r\n"[..], b"$3\r\nfoo\r\n", b":1\r\n"] {
         let fake = FakeServer::start(reply);
@@ -1004,7 +1002,6 @@ fn acl_refusals_and_wrong_passwords_are_told_apart_from_contention() {
 /// ACL, and refuses them with an `ERR The user executing the script can't run this
 /// command ...` reply (not `NOPERM`), which lock-redis reports as `Other`.
 #[test]
-#[ignore = "lock-redis classifies a command refused inside a script as Other, not Permission"]
 fn acl_a_command_refused_inside_a_script_is_a_permission_error() {
     let server = RedisServer::start();
     let mut admin = server.raw_connection();

@@ -367,10 +367,9 @@ fn a_retried_release_never_deletes_another_holders_key() {
         let their_token = raw_get(&server, &key(&name)).expect("theirs");
         proxy.drop_next_replies_to(lost_replies, b"EVALSHA");
         let err = g.release().unwrap_err();
-        match lost_replies {
-            1 => assert!(matches!(err, LockError::NotHeld { .. }), "{err}"),
-            _ => assert_eq!(err.backend_kind(), Some(BackendErrorKind::Io), "{err}"),
-        }
+        // After a lost reply the retry cannot tell "we released it" from "it had
+        // expired", so it reports the ambiguity instead of claiming NotHeld.
+        assert_eq!(err.backend_kind(), Some(BackendErrorKind::Io), "{err}");
         assert!(proxy.dropped_replies() >= lost_replies);
         assert_eq!(raw_get(&server, &key(&name)), Some(their_token));
         assert!(other.is_held().unwrap());
@@ -383,7 +382,6 @@ fn a_retried_release_never_deletes_another_holders_key() {
 /// expired or was taken over"), which is untrue, and `with_lock` then throws away the
 /// result of work that did run exclusively.
 #[test]
-#[ignore = "lock-redis retries a release whose reply was lost and reports the retry's `false` as NotHeld"]
 fn a_release_whose_reply_is_lost_is_not_reported_as_not_held() {
     let (server, proxy, mgr) = through_proxy(QUICK);
     let name = fresh();
