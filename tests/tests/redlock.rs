@@ -509,3 +509,57 @@ fn auto_renewal_keeps_a_redlock_lock_past_its_ttl() {
     g.release().unwrap();
     assert!(!mgr.is_locked(&name).unwrap());
 }
+
+#[test]
+fn renewal_continues_with_one_node_killed() {
+    let mut nodes = cluster(3);
+    let mgr = LockManager::builder(redlock(&nodes))
+        .auto_renew(true)
+        .build()
+        .unwrap();
+    let name = fresh_name();
+    let g = mgr
+        .lock_with(&name, LockOptions::new().ttl(ms(600)))
+        .unwrap();
+    nodes[0].kill();
+    let renewals = mgr.stats().renewals;
+    // Three TTLs with a minority gone: every renewal still reaches a quorum.
+    let start = Instant::now();
+    while start.elapsed() < ms(1800) {
+        g.check().unwrap();
+        thread::sleep(ms(20));
+    }
+    assert!(mgr.stats().renewals >= renewals + 6, "{:?}", mgr.stats());
+    assert!(g.is_held().unwrap());
+    assert_eq!(mgr.stats().lost, 0);
+    g.release().unwrap();
+}
+
+#[test]
+fn renewal_stops_and_reports_loss_when_a_majority_is_gone() {
+    let mut nodes = cluster(3);
+    let lost = Arc::new(AtomicUsize::new(0));
+    let seen = lost.clone();
+    let mgr = LockManager::builder(redlock(&nodes))
+        .auto_renew(true)
+        .on_lost(move |_, _| {
+            seen.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    let ttl = ms(600);
+    let g = mgr
+        .lock_with(fresh_name(), LockOptions::new().ttl(ttl))
+        .unwrap();
+    let killed = Instant::now();
+    nodes[0].kill();
+    nodes[1].kill();
+    eventually("the loss to be reported", || g.is_lost());
+    let took = killed.elapsed();
+    println!("redlock majority gone: loss reported after {took:?} (ttl {ttl:?})");
+    // Renewal retries until the validity (TTL − drift from the last renewal) runs out.
+    assert!(took <= ttl + ms(100), "{took:?}");
+    assert!(matches!(g.check(), Err(LockError::Lost { .. })));
+    eventually("the callback", || lost.load(Ordering::SeqCst) == 1);
+    assert!(!g.is_renewing());
+}
