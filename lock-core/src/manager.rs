@@ -388,8 +388,14 @@ impl LockManager {
         }
         let start = inner.clock.now();
         let token = Token::generate();
+        let mut first = true;
         let result = self.poll(&key, deadline, || {
-            let attempt_start = inner.clock.now();
+            // The first attempt starts now; later ones read the clock again.
+            let attempt_start = if std::mem::take(&mut first) {
+                start
+            } else {
+                inner.clock.now()
+            };
             match inner.backend.try_acquire(&key, &token, ttl) {
                 Ok(Some(acquired)) => Ok(Some((acquired, attempt_start))),
                 Ok(None) => {
@@ -408,7 +414,10 @@ impl LockManager {
                 }
             }
         });
-        let waited = inner.clock.now().saturating_duration_since(start);
+        let waited = match &result {
+            Ok(Some((_, attempt_start))) => attempt_start.saturating_duration_since(start),
+            _ => inner.clock.now().saturating_duration_since(start),
+        };
         inner.stats.add_wait(waited);
         match result? {
             Some((acquired, attempt_start)) => {

@@ -109,13 +109,13 @@ impl LockOptions {
 }
 
 pub(crate) fn check_name(name: &[u8]) -> Result<LockName, LockError> {
-    let n = LockName::new(&name[..name.len().min(64)]);
     if name.is_empty() {
         return Err(LockError::invalid(None, "lock name is empty"));
     }
     if name.len() > MAX_NAME_LEN {
+        let shown = LockName::new(&name[..64]);
         return Err(LockError::invalid(
-            Some(&n),
+            Some(&shown),
             format!(
                 "lock name is {} bytes, longer than the maximum of {MAX_NAME_LEN} (shown truncated)",
                 name.len()

@@ -45,11 +45,18 @@ struct Shared {
     clock: Arc<dyn Clock>,
 }
 
+/// One slot per key ever locked: kept after release, like Redis's fencing counter, so
+/// fencing tokens only grow and a re-lock costs no allocation.
 #[derive(Default)]
 struct State {
-    locks: HashMap<Vec<u8>, Entry>,
-    /// The last fencing token handed out per key; kept after release so tokens only grow.
-    fences: HashMap<Vec<u8>, u64>,
+    slots: HashMap<Vec<u8>, Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    holder: Option<Entry>,
+    /// The last fencing token handed out for this key.
+    fence: u64,
 }
 
 struct Entry {
@@ -57,13 +64,27 @@ struct Entry {
     expires: Instant,
 }
 
-impl State {
-    /// The live entry for `key`, dropping it first if it has expired.
-    fn live(&mut self, key: &[u8], now: Instant) -> Option<&mut Entry> {
-        if self.locks.get(key).is_some_and(|e| e.expires <= now) {
-            self.locks.remove(key);
+impl Slot {
+    /// The live holder, dropping it first if it has expired.
+    fn live(&mut self, now: Instant) -> Option<&mut Entry> {
+        if self.holder.as_ref().is_some_and(|e| e.expires <= now) {
+            self.holder = None;
         }
-        self.locks.get_mut(key)
+        self.holder.as_mut()
+    }
+}
+
+impl State {
+    /// The live holder of `key`, if any.
+    fn live(&mut self, key: &[u8], now: Instant) -> Option<&mut Entry> {
+        self.slots.get_mut(key)?.live(now)
+    }
+
+    /// Removes the holder of `key` (live or not); whether a live one was removed.
+    fn clear(&mut self, key: &[u8], now: Instant) -> bool {
+        self.slots
+            .get_mut(key)
+            .is_some_and(|slot| slot.live(now).is_some() && slot.holder.take().is_some())
     }
 }
 
@@ -91,9 +112,9 @@ impl MemoryBackend {
         self.shared
             .state
             .lock()
-            .locks
+            .slots
             .values()
-            .filter(|e| e.expires > now)
+            .filter(|s| s.holder.as_ref().is_some_and(|e| e.expires > now))
             .count()
     }
 
@@ -132,29 +153,26 @@ impl LockBackend for MemoryBackend {
         let now = self.shared.clock.now();
         let expires = Self::deadline(now, ttl);
         let mut st = self.shared.state.lock();
-        match st.live(key, now) {
+        let slot = match st.slots.get_mut(key) {
+            Some(slot) => slot,
+            None => st.slots.entry(key.to_vec()).or_default(),
+        };
+        let fencing_token = match slot.live(now) {
             Some(e) if e.token != *token => return Ok(None),
             Some(e) => {
                 // A retry by the holder itself: refresh, keep the fencing token.
                 e.expires = expires;
-                let fencing_token = st.fences.get(key).copied().unwrap_or(0);
-                return Ok(Some(Acquired {
-                    fencing_token,
-                    validity: ttl,
-                }));
+                slot.fence
             }
-            None => {}
-        }
-        let fence = st.fences.entry(key.to_vec()).or_insert(0);
-        *fence += 1;
-        let fencing_token = *fence;
-        st.locks.insert(
-            key.to_vec(),
-            Entry {
-                token: token.clone(),
-                expires,
-            },
-        );
+            None => {
+                slot.fence += 1;
+                slot.holder = Some(Entry {
+                    token: token.clone(),
+                    expires,
+                });
+                slot.fence
+            }
+        };
         Ok(Some(Acquired {
             fencing_token,
             validity: ttl,
@@ -166,7 +184,7 @@ impl LockBackend for MemoryBackend {
         let mut st = self.shared.state.lock();
         let ours = st.live(key, now).is_some_and(|e| e.token == *token);
         if ours {
-            st.locks.remove(key);
+            st.clear(key, now);
             drop(st);
             self.shared.released.notify_all();
         }
@@ -206,8 +224,7 @@ impl LockBackend for MemoryBackend {
     fn force_release(&self, key: &[u8]) -> Result<bool, BackendError> {
         let now = self.shared.clock.now();
         let mut st = self.shared.state.lock();
-        let existed = st.live(key, now).is_some();
-        st.locks.remove(key);
+        let existed = st.clear(key, now);
         drop(st);
         self.shared.released.notify_all();
         Ok(existed)
