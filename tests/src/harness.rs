@@ -128,6 +128,23 @@ impl RedisServer {
         self.child.is_some()
     }
 
+    /// How many times the server has run `cmd` (lowercase, e.g. `evalsha`,
+    /// `script|load`) since it started or since `CONFIG RESETSTAT`, from `INFO
+    /// commandstats`. Commands called inside Lua scripts are counted too.
+    pub fn command_calls(&self, cmd: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.raw_connection())
+            .expect("INFO commandstats");
+        let prefix = format!("cmdstat_{cmd}:");
+        info.lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.split("calls=").nth(1))
+            .and_then(|s| s.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// A fresh connection without credentials, with a 2 s connect timeout and 2 s
     /// read and write timeouts.
     ///

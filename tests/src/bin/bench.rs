@@ -406,15 +406,6 @@ fn commandstats(server: &RedisServer) -> String {
         .expect("INFO")
 }
 
-fn calls(info: &str, cmd: &str) -> u64 {
-    info.lines()
-        .find(|l| l.starts_with(&format!("cmdstat_{cmd}:")))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|s| s.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// CPU time this thread has used, in ns (Linux: scheduler statistics); `None` elsewhere.
 fn thread_cpu_ns() -> Option<f64> {
     std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -982,10 +973,8 @@ fn handoff(size: &Size, table: &mut Table) {
             reset_stats(&server);
             let name = format!("bench:handoff:{round}");
             let h = run_handoff(mgr, &name, size.run);
-            let scripts = redis.then(|| {
-                let info = commandstats(&server);
-                calls(&info, "evalsha") + calls(&info, "eval")
-            });
+            let scripts =
+                redis.then(|| server.command_calls("evalsha") + server.command_calls("eval"));
             rounds.push(&h, scripts);
         }
     }
