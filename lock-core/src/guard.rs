@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -11,15 +11,16 @@ use parking_lot::Mutex;
 use crate::backend::{Acquired, Extend};
 use crate::error::LockError;
 use crate::manager::Inner;
-use crate::name::{LockName, Token};
+use crate::name::{Key, LockName, Token};
 use crate::options::check_ttl;
 use crate::stats::bump;
 
 /// One acquisition, shared by its outer guard and any nested (re-entrant) guards.
 pub(crate) struct Hold {
     pub(crate) mgr: Arc<Inner>,
-    pub(crate) name: LockName,
-    pub(crate) key: Vec<u8>,
+    pub(crate) key: Key,
+    /// Made on first use: most holds never show their name.
+    name: OnceLock<LockName>,
     pub(crate) token: Token,
     pub(crate) ttl: Duration,
     pub(crate) fencing_token: u64,
@@ -27,6 +28,9 @@ pub(crate) struct Hold {
     /// Renewal stops here (`max_hold`); `None` without a cap or without renewal.
     pub(crate) max_hold_until: Option<Instant>,
     pub(crate) on_lost: Option<LostCallback>,
+    /// Whether the hold was handed to the renewal thread; without it nobody else looks
+    /// at `state`, and releasing skips its lock.
+    shared: bool,
     pub(crate) state: Mutex<HoldState>,
 }
 
@@ -49,6 +53,14 @@ impl HoldState {
 }
 
 impl Hold {
+    pub(crate) fn key(&self) -> &[u8] {
+        self.key.as_bytes()
+    }
+
+    pub(crate) fn name(&self) -> &LockName {
+        self.name.get_or_init(|| self.key.name())
+    }
+
     /// Records that the lock is gone; the first report counts, logs and calls back.
     pub(crate) fn mark_lost(&self, reason: LossReason) {
         {
@@ -61,11 +73,11 @@ impl Hold {
         bump(&self.mgr.stats.lost);
         log::warn!(
             "lost lock {} (token {}…): {reason}",
-            self.name,
+            self.name(),
             self.token.short()
         );
         if let Some(cb) = &self.on_lost {
-            (cb.0)(&self.name, reason);
+            (cb.0)(self.name(), reason);
         }
     }
 
@@ -83,7 +95,7 @@ impl Hold {
             None => return Ok(()),
         };
         Err(LockError::Lost {
-            name: self.name.clone(),
+            name: self.name().clone(),
             reason,
         })
     }
@@ -149,7 +161,7 @@ struct Record {
 
 impl Record {
     fn is(&self, mgr_id: u64, key: &[u8]) -> bool {
-        self.hold.mgr.id == mgr_id && self.hold.key == key
+        self.hold.mgr.id == mgr_id && self.hold.key() == key
     }
 }
 
@@ -163,14 +175,13 @@ thread_local! {
 /// otherwise [`LockError::WouldDeadlock`]. `Ok(None)` if it does not hold it.
 pub(crate) fn held_by_this_thread(
     mgr: &Arc<Inner>,
-    name: &LockName,
-    key: &[u8],
+    key: &Key,
     reentrant: bool,
 ) -> Result<Option<LockGuard>, LockError> {
     let found = HELD
         .try_with(|held| {
             let mut held = held.borrow_mut();
-            let rec = held.iter_mut().find(|r| r.is(mgr.id, key))?;
+            let rec = held.iter_mut().find(|r| r.is(mgr.id, key.as_bytes()))?;
             if reentrant {
                 rec.depth += 1;
                 Some(Ok(rec.hold.clone()))
@@ -183,15 +194,14 @@ pub(crate) fn held_by_this_thread(
     match found {
         None => Ok(None),
         Some(Ok(hold)) => Ok(Some(LockGuard::from_hold(hold))),
-        Some(Err(())) => Err(LockError::WouldDeadlock { name: name.clone() }),
+        Some(Err(())) => Err(LockError::WouldDeadlock { name: key.name() }),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn new_hold(
     mgr: Arc<Inner>,
-    name: LockName,
-    key: Vec<u8>,
+    key: Key,
     token: Token,
     ttl: Duration,
     acquired: Acquired,
@@ -207,19 +217,23 @@ pub(crate) fn new_hold(
         .and_then(|d| attempt_start.checked_add(d));
     let hold = Arc::new(Hold {
         mgr,
-        name,
         key,
+        name: OnceLock::new(),
         token,
         ttl,
         fencing_token: acquired.fencing_token,
         acquired_at: attempt_start,
         max_hold_until,
         on_lost: plan.on_lost,
+        shared: plan.renew,
         state: Mutex::new(HoldState {
             valid_until,
             lost: None,
             renew: plan.renew,
-            next_renewal: attempt_start.checked_add(ttl / 3).unwrap_or(attempt_start),
+            next_renewal: match plan.renew {
+                true => attempt_start.checked_add(ttl / 3).unwrap_or(attempt_start),
+                false => attempt_start,
+            },
             cap_reached: false,
             released: false,
         }),
@@ -227,10 +241,17 @@ pub(crate) fn new_hold(
     if plan.renew {
         if let Err(e) = hold.mgr.renew(&hold) {
             // Without a renewal thread the lock still works; it just is not renewed.
-            log::warn!("cannot renew lock {}: {e}", hold.name);
+            log::warn!("cannot renew lock {}: {e}", hold.name());
             hold.state.lock().renew = false;
         }
     }
+    log::debug!(
+        "acquired lock {} (token {}…, fencing token {}, valid {:?})",
+        hold.name(),
+        hold.token.short(),
+        hold.fencing_token,
+        acquired.validity
+    );
     let _ = HELD.try_with(|held| {
         held.borrow_mut().push(Record {
             hold: hold.clone(),
@@ -280,7 +301,7 @@ impl LockGuard {
 
     /// The lock's name.
     pub fn name(&self) -> &LockName {
-        &self.hold.name
+        self.hold.name()
     }
 
     /// The fencing token of this acquisition: strictly greater than that of every earlier
@@ -350,9 +371,9 @@ impl LockGuard {
         let held = h
             .mgr
             .backend
-            .inspect(&h.key, Some(&h.token))
+            .inspect(h.key(), Some(&h.token))
             .map_err(|source| LockError::Backend {
-                name: h.name.clone(),
+                name: h.name().clone(),
                 source,
             })?;
         if held.is_none() {
@@ -368,7 +389,7 @@ impl LockGuard {
     /// [`LockError::InvalidArgument`] for `by` out of the TTL range, [`LockError::Backend`]
     /// if the backend could not answer.
     pub fn extend(&self, by: Duration) -> Result<(), LockError> {
-        let by = check_ttl(Some(&self.hold.name), by)?;
+        let by = check_ttl(Some(&self.hold.key), by)?;
         self.change_ttl(Extend::By(by))
     }
 
@@ -377,7 +398,7 @@ impl LockGuard {
     /// # Errors
     /// As [`extend`](LockGuard::extend).
     pub fn set_ttl(&self, ttl: Duration) -> Result<(), LockError> {
-        let ttl = check_ttl(Some(&self.hold.name), ttl)?;
+        let ttl = check_ttl(Some(&self.hold.key), ttl)?;
         self.change_ttl(Extend::To(ttl))
     }
 
@@ -392,7 +413,7 @@ impl LockGuard {
     fn change_ttl(&self, how: Extend) -> Result<(), LockError> {
         let h = &self.hold;
         let start = h.mgr.clock.now();
-        match h.mgr.backend.extend(&h.key, &h.token, how) {
+        match h.mgr.backend.extend(h.key(), &h.token, how) {
             Ok(Some(validity)) => {
                 let mut st = h.state.lock();
                 st.valid_until = start.checked_add(validity).unwrap_or(start);
@@ -402,11 +423,11 @@ impl LockGuard {
                 h.state.lock().valid_until = start;
                 h.mark_lost(LossReason::TakenOver);
                 Err(LockError::NotHeld {
-                    name: h.name.clone(),
+                    name: h.name().clone(),
                 })
             }
             Err(source) => Err(LockError::Backend {
-                name: h.name.clone(),
+                name: h.name().clone(),
                 source,
             }),
         }
@@ -449,20 +470,22 @@ impl LockGuard {
         if !last {
             return Ok(());
         }
-        // Stop renewal before deleting, so it cannot report the deletion as a loss.
-        h.state.lock().released = true;
+        if h.shared {
+            // Stop renewal before deleting, so it cannot report the deletion as a loss.
+            h.state.lock().released = true;
+        }
         let stats = &h.mgr.stats;
         stats.add_hold(h.mgr.clock.now().saturating_duration_since(h.acquired_at));
-        let result = match h.mgr.backend.release(&h.key, &h.token) {
+        let result = match h.mgr.backend.release(h.key(), &h.token) {
             Ok(true) => {
-                log::debug!("released lock {} (token {}…)", h.name, h.token.short());
+                log::debug!("released lock {} (token {}…)", h.name(), h.token.short());
                 return Ok(());
             }
             Ok(false) => LockError::NotHeld {
-                name: h.name.clone(),
+                name: h.name().clone(),
             },
             Err(source) => LockError::Backend {
-                name: h.name.clone(),
+                name: h.name().clone(),
                 source,
             },
         };
@@ -490,7 +513,7 @@ impl fmt::Debug for LockGuard {
             (st.lost, st.valid_until)
         };
         f.debug_struct("LockGuard")
-            .field("name", &h.name)
+            .field("name", h.name())
             .field("token", &h.token)
             .field("fencing_token", &h.fencing_token)
             .field(

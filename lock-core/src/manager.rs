@@ -12,7 +12,7 @@ use crate::backend::LockBackend;
 use crate::clock::{Clock, SystemClock};
 use crate::error::LockError;
 use crate::guard::{self, Hold, HoldPlan, LockGuard, LostCallback};
-use crate::name::{LockName, Token};
+use crate::name::{Key, LockName, Token};
 use crate::options::*;
 use crate::renew::Renewer;
 use crate::stats::{bump, LockStats, Stats};
@@ -79,13 +79,6 @@ impl Inner {
         }
         Ok(())
     }
-
-    pub(crate) fn key(&self, name: &LockName) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.prefix.len() + name.as_bytes().len());
-        key.extend_from_slice(&self.prefix);
-        key.extend_from_slice(name.as_bytes());
-        key
-    }
 }
 
 impl fmt::Debug for LockManager {
@@ -145,10 +138,11 @@ impl LockManager {
     /// # Errors
     /// As [`lock`](LockManager::lock), except that contention is `Ok(None)`, not a timeout.
     pub fn try_lock(&self, name: impl AsRef<[u8]>) -> Result<Option<LockGuard>, LockError> {
-        let name = check_name(name.as_ref())?;
+        let key = check_name(&self.inner.prefix, name.as_ref())?;
         let now = self.inner.clock.now();
-        let acquired = self.acquire(name, self.inner.ttl, Some(now), &LockOptions::new())?;
-        Ok(acquired)
+        Ok(self
+            .acquire(key, self.inner.ttl, (now, Some(now)), &LockOptions::new())?
+            .ok())
     }
 
     /// Takes `name` with per-call options (TTL, wait, re-entrancy, renewal).
@@ -161,11 +155,11 @@ impl LockManager {
         name: impl AsRef<[u8]>,
         options: LockOptions,
     ) -> Result<LockGuard, LockError> {
-        let name = check_name(name.as_ref())?;
-        let (ttl, wait) = self.resolve(&name, &options)?;
+        let key = check_name(&self.inner.prefix, name.as_ref())?;
+        let (ttl, wait) = self.resolve(&key, &options)?;
         let start = self.inner.clock.now();
         let deadline = wait.and_then(|w| start.checked_add(w));
-        self.acquire_or_time_out(name, ttl, (start, deadline), &options)
+        self.acquire_or_time_out(key, ttl, (start, deadline), &options)
     }
 
     /// Takes every lock in `names` or none: in sorted order (duplicates removed), so two
@@ -206,7 +200,7 @@ impl LockManager {
     ) -> Result<MultiGuard, LockError> {
         let mut checked = names
             .into_iter()
-            .map(|n| check_name(n.as_ref()))
+            .map(|n| check_name(&self.inner.prefix, n.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         checked.sort();
         checked.dedup();
@@ -217,9 +211,14 @@ impl LockManager {
         let start = self.inner.clock.now();
         let deadline = wait.and_then(|w| start.checked_add(w));
         let mut guards = Vec::with_capacity(checked.len());
-        for name in checked {
+        for key in checked {
+            // Each lock's validity counts from its own first attempt.
+            let now = match guards.is_empty() {
+                true => start,
+                false => self.inner.clock.now(),
+            };
             // On error the guards taken so far drop here, releasing them.
-            guards.push(self.acquire_or_time_out(name, ttl, (start, deadline), &options)?);
+            guards.push(self.acquire_or_time_out(key, ttl, (now, deadline), &options)?);
         }
         Ok(MultiGuard { guards })
     }
@@ -255,24 +254,23 @@ impl LockManager {
         name: impl AsRef<[u8]>,
         timeout: Option<Duration>,
     ) -> Result<(), LockError> {
-        let name = check_name(name.as_ref())?;
-        let wait = check_wait(Some(&name), timeout)?;
-        let key = self.inner.key(&name);
+        let key = check_name(&self.inner.prefix, name.as_ref())?;
+        let wait = check_wait(Some(&key), timeout)?;
         let start = self.inner.clock.now();
         let deadline = wait.and_then(|w| start.checked_add(w));
-        let free = self.poll(&key, deadline, || {
-            match self.inner.backend.inspect(&key, None) {
+        let free = self.poll(key.as_bytes(), deadline, || {
+            match self.inner.backend.inspect(key.as_bytes(), None) {
                 Ok(None) => Ok(Some(())),
                 Ok(Some(_)) => Ok(None),
                 Err(source) => Err(LockError::Backend {
-                    name: name.clone(),
+                    name: key.name(),
                     source,
                 }),
             }
         })?;
         free.ok_or_else(|| LockError::Timeout {
             waited: self.inner.clock.now().saturating_duration_since(start),
-            name,
+            name: key.name(),
         })
     }
 
@@ -290,12 +288,14 @@ impl LockManager {
     /// # Errors
     /// As [`is_locked`](LockManager::is_locked).
     pub fn ttl(&self, name: impl AsRef<[u8]>) -> Result<Option<Duration>, LockError> {
-        let name = check_name(name.as_ref())?;
-        let key = self.inner.key(&name);
+        let key = check_name(&self.inner.prefix, name.as_ref())?;
         self.inner
             .backend
-            .inspect(&key, None)
-            .map_err(|source| LockError::Backend { name, source })
+            .inspect(key.as_bytes(), None)
+            .map_err(|source| LockError::Backend {
+                name: key.name(),
+                source,
+            })
     }
 
     /// Deletes `name` whoever holds it. **Unsafe for the holder**: it is not told, may
@@ -307,13 +307,15 @@ impl LockManager {
     /// [`LockError::InvalidArgument`] for a bad name, [`LockError::Backend`] if the backend
     /// could not answer.
     pub fn force_unlock(&self, name: impl AsRef<[u8]>) -> Result<bool, LockError> {
-        let name = check_name(name.as_ref())?;
-        let key = self.inner.key(&name);
-        log::warn!("force-unlocking lock {name}");
+        let key = check_name(&self.inner.prefix, name.as_ref())?;
+        log::warn!("force-unlocking lock {}", key.name());
         self.inner
             .backend
-            .force_release(&key)
-            .map_err(|source| LockError::Backend { name, source })
+            .force_release(key.as_bytes())
+            .map_err(|source| LockError::Backend {
+                name: key.name(),
+                source,
+            })
     }
 
     /// Checks that the backend answers.
@@ -341,13 +343,13 @@ impl LockManager {
 
     fn resolve(
         &self,
-        name: &LockName,
+        key: &Key,
         options: &LockOptions,
     ) -> Result<(Duration, Option<Duration>), LockError> {
-        let ttl = check_ttl(Some(name), options.ttl.unwrap_or(self.inner.ttl))?;
-        let wait = check_wait(Some(name), options.wait.unwrap_or(self.inner.wait))?;
+        let ttl = check_ttl(Some(key), options.ttl.unwrap_or(self.inner.ttl))?;
+        let wait = check_wait(Some(key), options.wait.unwrap_or(self.inner.wait))?;
         if let Some(Some(cap)) = options.max_hold {
-            check_wait(Some(name), Some(cap))?;
+            check_wait(Some(key), Some(cap))?;
         }
         Ok((ttl, wait))
     }
@@ -355,48 +357,48 @@ impl LockManager {
     /// [`acquire`](Self::acquire), with running out of wait reported as a timeout.
     fn acquire_or_time_out(
         &self,
-        name: LockName,
+        key: Key,
         ttl: Duration,
         (start, deadline): (Instant, Option<Instant>),
         options: &LockOptions,
     ) -> Result<LockGuard, LockError> {
-        match self.acquire(name.clone(), ttl, deadline, options)? {
-            Some(guard) => Ok(guard),
-            None => {
+        match self.acquire(key, ttl, (start, deadline), options)? {
+            Ok(guard) => Ok(guard),
+            Err(key) => {
                 bump(&self.inner.stats.timeouts);
                 Err(LockError::Timeout {
-                    name,
+                    name: key.name(),
                     waited: self.inner.clock.now().saturating_duration_since(start),
                 })
             }
         }
     }
 
-    /// Takes `name` by the one polling loop; `Ok(None)` if it stayed held until `deadline`.
+    /// Takes `key` by the one polling loop, starting at `start` (the caller's reading of
+    /// the clock, so the hot path reads it once). `Ok(Err(key))` gives the key back if it
+    /// stayed held until `deadline`.
     fn acquire(
         &self,
-        name: LockName,
+        key: Key,
         ttl: Duration,
-        deadline: Option<Instant>,
+        (start, deadline): (Instant, Option<Instant>),
         options: &LockOptions,
-    ) -> Result<Option<LockGuard>, LockError> {
+    ) -> Result<Result<LockGuard, Key>, LockError> {
         let inner = &self.inner;
-        let key = inner.key(&name);
-        if let Some(g) = guard::held_by_this_thread(inner, &name, &key, options.reentrant)? {
+        if let Some(g) = guard::held_by_this_thread(inner, &key, options.reentrant)? {
             bump(&inner.stats.acquired);
-            return Ok(Some(g));
+            return Ok(Ok(g));
         }
-        let start = inner.clock.now();
         let token = Token::generate();
         let mut first = true;
-        let result = self.poll(&key, deadline, || {
+        let result = self.poll(key.as_bytes(), deadline, || {
             // The first attempt starts now; later ones read the clock again.
             let attempt_start = if std::mem::take(&mut first) {
                 start
             } else {
                 inner.clock.now()
             };
-            match inner.backend.try_acquire(&key, &token, ttl) {
+            match inner.backend.try_acquire(key.as_bytes(), &token, ttl) {
                 Ok(Some(acquired)) => Ok(Some((acquired, attempt_start))),
                 Ok(None) => {
                     bump(&inner.stats.contended);
@@ -406,9 +408,9 @@ impl LockManager {
                     // The command may have reached the server before the failure (a lost
                     // reply); take back anything our token may have set rather than leave
                     // it for a whole TTL. Best effort: the backend is already failing.
-                    let _ = inner.backend.release(&key, &token);
+                    let _ = inner.backend.release(key.as_bytes(), &token);
                     Err(LockError::Backend {
-                        name: name.clone(),
+                        name: key.name(),
                         source,
                     })
                 }
@@ -418,34 +420,27 @@ impl LockManager {
             Ok(Some((_, attempt_start))) => attempt_start.saturating_duration_since(start),
             _ => inner.clock.now().saturating_duration_since(start),
         };
-        inner.stats.add_wait(waited);
-        match result? {
-            Some((acquired, attempt_start)) => {
-                bump(&inner.stats.acquired);
-                log::debug!(
-                    "acquired lock {name} (token {}…, fencing token {}, valid {:?})",
-                    token.short(),
-                    acquired.fencing_token,
-                    acquired.validity
-                );
-                let plan = HoldPlan {
-                    renew: options.auto_renew.unwrap_or(inner.auto_renew),
-                    max_hold: options.max_hold.unwrap_or(inner.max_hold),
-                    on_lost: options.on_lost.clone().or_else(|| inner.on_lost.clone()),
-                };
-                Ok(Some(guard::new_hold(
-                    inner.clone(),
-                    name,
-                    key,
-                    token,
-                    ttl,
-                    acquired,
-                    attempt_start,
-                    plan,
-                )))
-            }
-            None => Ok(None),
+        if !waited.is_zero() {
+            inner.stats.add_wait(waited);
         }
+        let Some((acquired, attempt_start)) = result? else {
+            return Ok(Err(key));
+        };
+        bump(&inner.stats.acquired);
+        let plan = HoldPlan {
+            renew: options.auto_renew.unwrap_or(inner.auto_renew),
+            max_hold: options.max_hold.unwrap_or(inner.max_hold),
+            on_lost: options.on_lost.clone().or_else(|| inner.on_lost.clone()),
+        };
+        Ok(Ok(guard::new_hold(
+            inner.clone(),
+            key,
+            token,
+            ttl,
+            acquired,
+            attempt_start,
+            plan,
+        )))
     }
 
     /// The one waiting loop: an attempt, then jittered exponential backoff bounded by

@@ -55,6 +55,81 @@ impl fmt::Debug for LockName {
     }
 }
 
+/// Keys up to this long live inline, so taking a lock allocates no copy of its name.
+const INLINE_KEY: usize = 46;
+
+/// A backend key, the manager's prefix followed by a lock name, with the name's start.
+/// The lock path keeps this instead of a [`LockName`] and makes the name (an allocation)
+/// only when one is shown: in an error, a log line, or [`LockGuard::name`](crate::LockGuard::name).
+#[derive(Clone)]
+pub(crate) struct Key {
+    bytes: KeyBytes,
+    name_start: usize,
+}
+
+#[derive(Clone)]
+enum KeyBytes {
+    Inline(u8, [u8; INLINE_KEY]),
+    Heap(Box<[u8]>),
+}
+
+impl Key {
+    pub(crate) fn new(prefix: &[u8], name: &[u8]) -> Self {
+        let len = prefix.len() + name.len();
+        let bytes = match u8::try_from(len) {
+            Ok(short) if len <= INLINE_KEY => {
+                let mut buf = [0u8; INLINE_KEY];
+                buf[..prefix.len()].copy_from_slice(prefix);
+                buf[prefix.len()..len].copy_from_slice(name);
+                KeyBytes::Inline(short, buf)
+            }
+            _ => KeyBytes::Heap([prefix, name].concat().into_boxed_slice()),
+        };
+        Key {
+            bytes,
+            name_start: prefix.len(),
+        }
+    }
+
+    /// The whole key, as the backend stores it.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match &self.bytes {
+            KeyBytes::Inline(len, buf) => &buf[..usize::from(*len)],
+            KeyBytes::Heap(b) => b,
+        }
+    }
+
+    /// The lock name alone.
+    pub(crate) fn name_bytes(&self) -> &[u8] {
+        &self.as_bytes()[self.name_start..]
+    }
+
+    /// The lock name, as a new [`LockName`].
+    pub(crate) fn name(&self) -> LockName {
+        LockName::new(self.name_bytes())
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
 /// The secret that proves ownership of one acquisition: 128 random bits from `rand`'s
 /// thread-local cryptographic generator (ChaCha12, seeded and periodically reseeded from
 /// the operating system), written as 32 lowercase hex digits. It carries no time, process
@@ -114,6 +189,17 @@ mod tests {
         assert_eq!(a.as_str().len(), 32);
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
         assert!(!format!("{a:?}").contains(a.as_str()));
+    }
+
+    #[test]
+    fn keys_keep_prefix_and_name_inline_or_not() {
+        for name in [&b"job"[..], &[b'x'; 60], &[b'y'; 1024]] {
+            let k = Key::new(b"lock:", name);
+            assert_eq!(k.as_bytes(), [&b"lock:"[..], name].concat());
+            assert_eq!(k.name_bytes(), name);
+            assert_eq!(k.name(), LockName::new(name));
+        }
+        assert!(Key::new(b"p:", b"a") < Key::new(b"p:", b"b"));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::error::LockError;
 use crate::guard::LostCallback;
-use crate::name::{LockName, MAX_NAME_LEN};
+use crate::name::{Key, LockName, MAX_NAME_LEN};
 
 /// Default time to live of a lock: 10 s.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -108,7 +108,8 @@ impl LockOptions {
     }
 }
 
-pub(crate) fn check_name(name: &[u8]) -> Result<LockName, LockError> {
+/// Validates a name and makes its backend key, `prefix + name`.
+pub(crate) fn check_name(prefix: &[u8], name: &[u8]) -> Result<Key, LockError> {
     if name.is_empty() {
         return Err(LockError::invalid(None, "lock name is empty"));
     }
@@ -122,20 +123,21 @@ pub(crate) fn check_name(name: &[u8]) -> Result<LockName, LockError> {
             ),
         ));
     }
-    Ok(LockName::new(name))
+    Ok(Key::new(prefix, name))
 }
 
 /// Validates a TTL and drops its sub-millisecond part.
-pub(crate) fn check_ttl(name: Option<&LockName>, ttl: Duration) -> Result<Duration, LockError> {
+pub(crate) fn check_ttl(key: Option<&Key>, ttl: Duration) -> Result<Duration, LockError> {
+    let name = || key.map(Key::name);
     if ttl < MIN_TTL {
         return Err(LockError::invalid(
-            name,
+            name().as_ref(),
             format!("ttl {ttl:?} is shorter than the minimum of {MIN_TTL:?}"),
         ));
     }
     if ttl > MAX_TTL {
         return Err(LockError::invalid(
-            name,
+            name().as_ref(),
             format!("ttl {ttl:?} is longer than the maximum of {MAX_TTL:?}"),
         ));
     }
@@ -143,12 +145,12 @@ pub(crate) fn check_ttl(name: Option<&LockName>, ttl: Duration) -> Result<Durati
 }
 
 pub(crate) fn check_wait(
-    name: Option<&LockName>,
+    key: Option<&Key>,
     wait: Option<Duration>,
 ) -> Result<Option<Duration>, LockError> {
     match wait {
         Some(w) if w > MAX_WAIT => Err(LockError::invalid(
-            name,
+            key.map(Key::name).as_ref(),
             format!(
                 "wait {w:?} is longer than the maximum of {MAX_WAIT:?}; use None to wait forever"
             ),

@@ -122,14 +122,14 @@ impl Shared {
                 st.cap_reached = true;
                 log::debug!(
                     "lock {} reached its hold cap; renewal stops and it expires by its TTL",
-                    hold.name
+                    hold.name()
                 );
                 return;
             }
         }
         match self
             .backend
-            .extend(&hold.key, &hold.token, Extend::To(hold.ttl))
+            .extend(hold.key(), &hold.token, Extend::To(hold.ttl))
         {
             Ok(Some(validity)) => {
                 bump(&self.stats.renewals);
@@ -143,10 +143,10 @@ impl Shared {
                 let mut st = hold.state.lock();
                 if after >= st.valid_until {
                     drop(st);
-                    log::warn!("renewing lock {} failed until it expired: {e}", hold.name);
+                    log::warn!("renewing lock {} failed until it expired: {e}", hold.name());
                     hold.mark_lost(LossReason::RenewalFailed);
                 } else {
-                    log::warn!("renewing lock {} failed, will retry: {e}", hold.name);
+                    log::warn!("renewing lock {} failed, will retry: {e}", hold.name());
                     st.next_renewal = after.checked_add(retry_step(hold.ttl)).unwrap_or(after);
                 }
             }

@@ -182,9 +182,12 @@ impl LockBackend for MemoryBackend {
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
         let now = self.shared.clock.now();
         let mut st = self.shared.state.lock();
-        let ours = st.live(key, now).is_some_and(|e| e.token == *token);
+        let Some(slot) = st.slots.get_mut(key) else {
+            return Ok(false);
+        };
+        let ours = slot.live(now).is_some_and(|e| e.token == *token);
         if ours {
-            st.clear(key, now);
+            slot.holder = None;
             drop(st);
             self.shared.released.notify_all();
         }
