@@ -3,11 +3,6 @@
 use lock_core::{BackendError, BackendErrorKind};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
-pub(crate) struct Failed {
-    pub(crate) dropped: bool,
-    pub(crate) error: BackendError,
-}
-
 /// Classifies a `redis` error and names the server (`addr` must not hold credentials).
 /// Public so the Redlock backend maps node errors the same way.
 pub fn to_backend_error(addr: &str, e: &RedisError) -> BackendError {
@@ -39,7 +34,7 @@ fn classify(e: &RedisError) -> BackendErrorKind {
 
 /// r2d2 reports a failed checkout as text only ("timed out waiting for connection: <last
 /// connect error>"); recover the kind from the redis error text it carries.
-pub(crate) fn pool_error(addr: &str, e: &r2d2::Error) -> Failed {
+pub(crate) fn pool_error(addr: &str, e: &r2d2::Error) -> BackendError {
     let text = e.to_string();
     let kind = if text.contains("WRONGPASS")
         || text.contains("NOAUTH")
@@ -64,8 +59,5 @@ pub(crate) fn pool_error(addr: &str, e: &r2d2::Error) -> Failed {
     } else {
         BackendErrorKind::Timeout
     };
-    Failed {
-        dropped: false,
-        error: BackendError::new(kind, format!("redis at {addr}: no connection: {text}")),
-    }
+    BackendError::new(kind, format!("redis at {addr}: no connection: {text}"))
 }

@@ -73,15 +73,17 @@ mod error;
 mod scripts;
 mod subscriber;
 mod wake;
+mod wire;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lock_core::{Acquired, BackendError, Extend, LockBackend, LockError, Token};
 use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
 
 pub use error::to_backend_error;
+pub use wire::{Finish, InFlight, Late, Outcome};
 
 /// Default number of pooled connections: 16.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -225,56 +227,7 @@ impl RedisBackend {
     /// # Errors
     /// The [`BackendError`] met: unreachable, timed out, authentication failed, …
     pub fn ping(&self) -> Result<(), BackendError> {
-        let reply = self.run(true, |c| redis::cmd("PING").query::<String>(c))?;
-        if reply == "PONG" {
-            Ok(())
-        } else {
-            Err(BackendError::new(
-                lock_core::BackendErrorKind::Protocol,
-                format!(
-                    "redis at {}: PING was not answered with PONG",
-                    self.inner.addr
-                ),
-            ))
-        }
-    }
-
-    /// Runs `f` on a pooled connection. A connection that broke while idle in the pool
-    /// (the server restarted, say) fails on first use; `retry` (for idempotent operations)
-    /// runs `f` once more on a fresh connection in that case.
-    fn run<T>(
-        &self,
-        retry: bool,
-        f: impl Fn(&mut dyn ConnectionLike) -> RedisResult<T>,
-    ) -> Result<T, BackendError> {
-        let attempts = if retry { 2 } else { 1 };
-        let mut last = None;
-        for _ in 0..attempts {
-            let result = match &self.inner.pool {
-                Pool::Own(p, _) => p
-                    .get()
-                    .map_err(|e| error::pool_error(&self.inner.addr, &e))
-                    .and_then(|mut c| f(&mut *c).map_err(|e| self.err(&e))),
-                Pool::Given(p) => p
-                    .get()
-                    .map_err(|e| error::pool_error(&self.inner.addr, &e))
-                    .and_then(|mut c| f(&mut *c).map_err(|e| self.err(&e))),
-            };
-            match result {
-                Err(e) if e.dropped => last = Some(e.error),
-                other => return other.map_err(|e| e.error),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            BackendError::new(lock_core::BackendErrorKind::Io, "connection dropped")
-        }))
-    }
-
-    fn err(&self, e: &redis::RedisError) -> error::Failed {
-        error::Failed {
-            dropped: e.is_connection_dropped(),
-            error: to_backend_error(&self.inner.addr, e),
-        }
+        self.start_ping().wait()
     }
 
     fn fence_key(&self, key: &[u8]) -> Vec<u8> {
@@ -306,29 +259,6 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
-impl RedisBackend {
-    fn acquire_once(
-        &self,
-        key: &[u8],
-        token: &Token,
-        ttl: Duration,
-    ) -> Result<Option<Acquired>, BackendError> {
-        let fence_key = self.fence_key(key);
-        let fence: Option<u64> = self.run(true, |c| {
-            scripts::ACQUIRE
-                .key(key)
-                .key(fence_key.as_slice())
-                .arg(token.as_bytes())
-                .arg(millis(ttl))
-                .invoke(c)
-        })?;
-        Ok(fence.map(|fencing_token| Acquired {
-            fencing_token,
-            validity: ttl,
-        }))
-    }
-}
-
 impl LockBackend for RedisBackend {
     fn try_acquire(
         &self,
@@ -336,46 +266,11 @@ impl LockBackend for RedisBackend {
         token: &Token,
         ttl: Duration,
     ) -> Result<Option<Acquired>, BackendError> {
-        let Some(wake) = &self.inner.wake else {
-            return self.acquire_once(key, token, ttl);
-        };
-        let Some(attempt) = wake.before_acquire(key, token) else {
-            return Ok(None);
-        };
-        let result = self.acquire_once(key, token, ttl);
-        wake.after_acquire(key, token, attempt, &result);
-        result
+        self.start_acquire(key, token, ttl).wait()
     }
 
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
-        let wake = self.inner.wake.as_deref();
-        let tries = std::cell::Cell::new(0u32);
-        let result = self.run(true, |c| {
-            tries.set(tries.get() + 1);
-            let mut call = scripts::RELEASE.key(key);
-            call.arg(token.as_bytes());
-            if let Some(w) = wake {
-                call.arg(w.channel.as_slice()).arg(w.origin.as_slice());
-            }
-            call.invoke::<i64>(c)
-        });
-        let result = match result {
-            // The first try's connection dropped after it may have deleted our key, so a
-            // retry finding nothing cannot tell "released by us" from "expired".
-            Ok(0) if tries.get() > 1 => Err(BackendError::new(
-                lock_core::BackendErrorKind::Io,
-                format!(
-                    "redis at {}: the reply to a release was lost; the lock was released \
-                     by it or had already expired",
-                    self.inner.addr
-                ),
-            )),
-            other => other.map(|deleted| deleted == 1),
-        };
-        if let Some(w) = wake {
-            w.released(key, Some(token), result.as_ref().ok().copied());
-        }
-        result
+        self.start_release(key, token).wait()
     }
 
     fn extend(
@@ -384,54 +279,15 @@ impl LockBackend for RedisBackend {
         token: &Token,
         how: Extend,
     ) -> Result<Option<Duration>, BackendError> {
-        let (ms, add, idempotent) = match how {
-            Extend::By(d) => (millis(d), 1, false),
-            Extend::To(d) => (millis(d), 0, true),
-        };
-        let t0 = Instant::now();
-        let result = self
-            .run(idempotent, |c| {
-                scripts::EXTEND
-                    .key(key)
-                    .arg(token.as_bytes())
-                    .arg(ms)
-                    .arg(add)
-                    .invoke::<Option<u64>>(c)
-            })
-            .map(|ttl| ttl.map(Duration::from_millis));
-        if let Some(w) = &self.inner.wake {
-            w.extended(key, token, t0, &result);
-        }
-        result
+        self.start_extend(key, token, how).wait()
     }
 
     fn inspect(&self, key: &[u8], token: Option<&Token>) -> Result<Option<Duration>, BackendError> {
-        let pttl: i64 = self.run(true, |c| match token {
-            None => redis::cmd("PTTL").arg(key).query(c),
-            Some(t) => scripts::INSPECT.key(key).arg(t.as_bytes()).invoke(c),
-        })?;
-        Ok(match pttl {
-            -1 => Some(Duration::MAX),
-            p if p >= 0 => Some(Duration::from_millis(p as u64)),
-            _ => None,
-        })
+        self.start_inspect(key, token).wait()
     }
 
     fn force_release(&self, key: &[u8]) -> Result<bool, BackendError> {
-        let wake = self.inner.wake.as_deref();
-        let result = self
-            .run(true, |c| {
-                let mut call = scripts::FORCE_RELEASE.key(key);
-                if let Some(w) = wake {
-                    call.arg(w.channel.as_slice()).arg(w.origin.as_slice());
-                }
-                call.invoke::<i64>(c)
-            })
-            .map(|deleted| deleted == 1);
-        if let Some(w) = wake {
-            w.released(key, None, result.as_ref().ok().copied());
-        }
-        result
+        self.start_force_release(key).wait()
     }
 
     fn health_check(&self) -> Result<(), BackendError> {

@@ -2,7 +2,17 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
+use redis::{Cmd, Script};
+
+/// `EVALSHA <sha> <number of keys> <keys…>`, for the caller to add the arguments.
+pub(crate) fn evalsha(script: &Script, keys: &[&[u8]]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len());
+    for k in keys {
+        cmd.arg(*k);
+    }
+    cmd
+}
 
 /// Sets the lock if free and mints the next fencing token; a retry by the same token gets
 /// its lock refreshed and its fencing token back. KEYS: lock, counter. ARGV: token, ttl ms.

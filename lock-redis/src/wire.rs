@@ -1,0 +1,602 @@
+//! Every operation on the wire, in two halves: [`RedisBackend::start_acquire`] and its
+//! siblings check out a pooled connection and write the command; [`InFlight::finish`]
+//! reads the reply, at most until a deadline. The [`LockBackend`](lock_core::LockBackend)
+//! methods run both halves back to back; Redlock writes to every node first and then
+//! reads, so one lock costs one round trip whatever the number of nodes.
+//!
+//! The two recoveries live here once: a script the server does not know (`NOSCRIPT`, after
+//! a restart or `SCRIPT FLUSH`) is loaded and the command sent again, and a pooled
+//! connection that broke while idle is replaced and an idempotent command sent again.
+
+use std::time::{Duration, Instant};
+
+use lock_core::{Acquired, BackendError, BackendErrorKind, Extend, Token};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind, Value};
+
+use crate::{error, millis, scripts, wake, Pool, RedisBackend};
+
+/// The shortest read timeout a socket takes; a read cut at a deadline waits at least this.
+const MIN_READ: Duration = Duration::from_millis(1);
+
+/// A pooled connection from either kind of pool.
+pub(crate) enum Conn {
+    Own(r2d2::PooledConnection<crate::Connector>),
+    Given(r2d2::PooledConnection<redis::Client>),
+}
+
+impl Conn {
+    fn get(&mut self) -> &mut redis::Connection {
+        match self {
+            Conn::Own(c) => c,
+            Conn::Given(c) => c,
+        }
+    }
+}
+
+/// A command written to a connection whose reply is still to be read.
+struct Sent {
+    conn: Conn,
+    packed: Vec<u8>,
+    /// The script the command runs, to load it on `NOSCRIPT`.
+    script: Option<&'static Script>,
+    /// Whether sending it twice is harmless (a lost reply, a connection found broken).
+    idempotent: bool,
+    /// How many times the command was sent on a fresh connection.
+    tries: u32,
+}
+
+enum Read {
+    Reply(Value),
+    Failed(RedisError),
+    /// The deadline passed first. The reply will come later; `redis` skips it on the
+    /// connection's next read, so the connection stays usable.
+    Late,
+}
+
+impl RedisBackend {
+    fn checkout(&self) -> Result<Conn, BackendError> {
+        let addr = &self.inner.addr;
+        match &self.inner.pool {
+            Pool::Own(p, _) => p.get().map(Conn::Own),
+            Pool::Given(p) => p.get().map(Conn::Given),
+        }
+        .map_err(|e| error::pool_error(addr, &e))
+    }
+
+    /// The read timeout our own connections are set up with; `None` for a given pool,
+    /// whose connections keep theirs.
+    fn read_timeout(&self) -> Option<Duration> {
+        match &self.inner.pool {
+            Pool::Own(_, connector) => Some(connector.read_timeout),
+            Pool::Given(_) => None,
+        }
+    }
+
+    fn failure(&self, e: &RedisError) -> BackendError {
+        error::to_backend_error(&self.inner.addr, e)
+    }
+
+    /// Writes `cmd` on `conn` (or a pooled connection); an idempotent command whose pooled
+    /// connection turns out to be broken is written again on a fresh one.
+    fn send(
+        &self,
+        cmd: &redis::Cmd,
+        script: Option<&'static Script>,
+        idempotent: bool,
+        conn: Option<Conn>,
+    ) -> Result<Sent, BackendError> {
+        let mut sent = Sent {
+            conn: match conn {
+                Some(c) => c,
+                None => self.checkout()?,
+            },
+            packed: cmd.get_packed_command(),
+            script,
+            idempotent,
+            tries: 1,
+        };
+        match sent.conn.get().send_packed_command(&sent.packed) {
+            Ok(()) => Ok(sent),
+            Err(e) if e.is_connection_dropped() && idempotent => {
+                sent.resend(self).map_err(|e| self.failure(&e))?;
+                Ok(sent)
+            }
+            Err(e) => Err(self.failure(&e)),
+        }
+    }
+
+    /// Reads one reply on `conn`; with a deadline, for no longer than until then (or
+    /// [`MIN_READ`] if it has passed: a read that times out is what tells `redis` to skip
+    /// the reply when it comes).
+    fn read(&self, conn: &mut redis::Connection, deadline: Option<Instant>) -> Read {
+        let mut restore = None;
+        if let (Some(deadline), Some(configured)) = (deadline, self.read_timeout()) {
+            let left = deadline.saturating_duration_since(Instant::now()).max(MIN_READ);
+            // Within a millisecond of the usual timeout, save the two system calls.
+            if left + MIN_READ < configured && conn.set_read_timeout(Some(left)).is_ok() {
+                restore = Some(configured);
+            }
+        }
+        let result = conn.recv_response();
+        if let Some(configured) = restore {
+            let _ = conn.set_read_timeout(Some(configured));
+        }
+        match result {
+            Ok(v) => Read::Reply(v),
+            Err(e) if deadline.is_some() && e.is_timeout() => Read::Late,
+            Err(e) => Read::Failed(e),
+        }
+    }
+}
+
+impl Sent {
+    /// Writes the command again on a fresh pooled connection.
+    fn resend(&mut self, backend: &RedisBackend) -> redis::RedisResult<()> {
+        self.tries += 1;
+        self.conn = backend.checkout().map_err(|e| {
+            RedisError::from((ErrorKind::Io, "no fresh connection", e.to_string()))
+        })?;
+        self.conn.get().send_packed_command(&self.packed)
+    }
+
+    /// The reply to the command, after the recoveries. `Err(None)` means late.
+    fn reply(
+        &mut self,
+        backend: &RedisBackend,
+        deadline: Option<Instant>,
+    ) -> Result<Value, Option<RedisError>> {
+        let mut loaded = false;
+        loop {
+            match backend.read(self.conn.get(), deadline) {
+                Read::Reply(v) => match v.extract_error() {
+                    Err(e)
+                        if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+                            && !loaded =>
+                    {
+                        let Some(script) = self.script else {
+                            return Err(Some(e));
+                        };
+                        loaded = true;
+                        let conn = self.conn.get();
+                        script.load(conn).map_err(Some)?;
+                        conn.send_packed_command(&self.packed).map_err(Some)?;
+                    }
+                    other => return other.map_err(Some),
+                },
+                Read::Failed(e) if e.is_connection_dropped() && self.idempotent && self.tries < 2 => {
+                    self.resend(backend).map_err(Some)?;
+                }
+                Read::Failed(e) => return Err(Some(e)),
+                Read::Late => return Err(None),
+            }
+        }
+    }
+}
+
+/// An operation written to the server whose reply has not been read yet, from
+/// [`RedisBackend::start_acquire`] and its siblings. Read it with
+/// [`finish`](InFlight::finish); dropping it unread discards the reply (the connection
+/// skips it) but not the operation, which the server runs anyway.
+///
+/// This is what lets one thread have an operation in flight on several servers at once.
+#[must_use = "the reply is only read by `finish`"]
+pub struct InFlight<T> {
+    backend: RedisBackend,
+    stage: Stage<T>,
+    after: After,
+}
+
+// Kept inline: boxing the connection would add an allocation to every lock operation.
+#[allow(clippy::large_enum_variant)]
+enum Stage<T> {
+    /// Decided without a reply: from memory, or the command could not be sent.
+    Ready(Result<T, BackendError>),
+    Sent(Sent),
+    /// `finish` took it.
+    Read,
+}
+
+/// What the reply means, and what the backend's memory learns from it.
+enum After {
+    Acquire {
+        key: Vec<u8>,
+        token: Token,
+        ttl: Duration,
+        attempt: Option<wake::Attempt>,
+    },
+    Release {
+        key: Vec<u8>,
+        token: Token,
+    },
+    Extend {
+        key: Vec<u8>,
+        token: Token,
+        start: Instant,
+    },
+    Inspect,
+    ForceRelease {
+        key: Vec<u8>,
+    },
+    /// Nothing to learn: a ping, or an answer decided without a command.
+    Nothing,
+}
+
+/// How an [`InFlight`] operation ended.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    /// The server answered, or the operation failed.
+    Answered(Result<T, BackendError>),
+    /// The deadline passed before the reply came: the operation may still take effect.
+    Late(Box<Late>),
+}
+
+impl<T> Outcome<T> {
+    /// The answer; a late operation is a [`BackendErrorKind::Timeout`] error.
+    pub fn into_result(self) -> Result<T, BackendError> {
+        match self {
+            Outcome::Answered(r) => r,
+            Outcome::Late(late) => Err(late.error),
+        }
+    }
+}
+
+/// An operation whose reply did not come by the deadline, with the connection it went
+/// out on. The server may still run it (a slow or paused server runs what it has read);
+/// [`release`](Late::release) undoes an acquisition on the same connection, which the
+/// server runs after it. Dropping it returns the connection to the pool, which skips the
+/// late reply.
+pub struct Late {
+    backend: RedisBackend,
+    conn: Conn,
+    error: BackendError,
+}
+
+impl std::fmt::Debug for Late {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Late")
+            .field("addr", &self.backend.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Late {
+    /// The timeout error that stands for the missing answer.
+    pub fn error(&self) -> &BackendError {
+        &self.error
+    }
+
+    fn timeout(&self) -> BackendError {
+        timeout(&self.backend)
+    }
+
+    /// Releases `key` held by `token` on the connection the late operation went out on, so
+    /// the server runs the release after it whatever it was; waits with the connection's
+    /// own timeouts. As [`LockBackend::release`](lock_core::LockBackend::release).
+    ///
+    /// # Errors
+    /// The [`BackendError`] met, as for a release.
+    pub fn release(self: Box<Self>, key: &[u8], token: &Token) -> Result<bool, BackendError> {
+        let Late { backend, conn, .. } = *self;
+        backend.start_release_on(Some(conn), key, token).wait()
+    }
+}
+
+impl<T> InFlight<T> {
+    fn ready(backend: &RedisBackend, result: Result<T, BackendError>, after: After) -> Self {
+        InFlight {
+            backend: backend.clone(),
+            stage: Stage::Ready(result),
+            after,
+        }
+    }
+
+    /// Reads the reply: `Ok` with it and how many times the command was sent,
+    /// `Err(Answered(..))` if it failed, `Err(Late)` if it did not come by `deadline`.
+    fn reply(&mut self, deadline: Option<Instant>) -> Result<(Value, u32), Outcome<T>> {
+        let mut sent = match std::mem::replace(&mut self.stage, Stage::Read) {
+            Stage::Ready(r) => return Err(Outcome::Answered(r)),
+            Stage::Read => return Err(Outcome::Answered(Err(already_read()))),
+            Stage::Sent(s) => s,
+        };
+        match sent.reply(&self.backend, deadline) {
+            Ok(v) => Ok((v, sent.tries)),
+            Err(Some(e)) => Err(Outcome::Answered(Err(self.backend.failure(&e)))),
+            Err(None) => Err(Outcome::Late(Box::new(Late {
+                error: timeout(&self.backend),
+                backend: self.backend.clone(),
+                conn: sent.conn,
+            }))),
+        }
+    }
+
+    /// Waits for the answer with the connection's own timeouts.
+    pub(crate) fn wait(self) -> Result<T, BackendError>
+    where
+        Self: Finish<T>,
+    {
+        self.finish(None).into_result()
+    }
+}
+
+fn timeout(backend: &RedisBackend) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Timeout,
+        format!("redis at {}: no answer in time", backend.inner.addr),
+    )
+}
+
+fn already_read() -> BackendError {
+    BackendError::new(BackendErrorKind::Other, "operation already read")
+}
+
+fn convert<T: redis::FromRedisValue>(
+    backend: &RedisBackend,
+    v: Value,
+) -> Result<T, BackendError> {
+    redis::from_redis_value(v).map_err(|e| backend.failure(&RedisError::from(e)))
+}
+
+/// Reading an [`InFlight`] operation's reply; implemented for each kind of operation.
+pub trait Finish<T> {
+    /// Reads the reply, waiting until `deadline` at most (give or take a millisecond;
+    /// `None`: the connection's own read timeout). A backend made by
+    /// [`RedisBackend::from_pool`] keeps its pool's timeouts and ignores the deadline.
+    fn finish(self, deadline: Option<Instant>) -> Outcome<T>;
+}
+
+impl Finish<Option<Acquired>> for InFlight<Option<Acquired>> {
+    fn finish(mut self, deadline: Option<Instant>) -> Outcome<Option<Acquired>> {
+        let outcome = match self.reply(deadline) {
+            Ok((v, _)) => Outcome::Answered(convert::<Option<u64>>(&self.backend, v).map(|f| {
+                f.map(|fencing_token| Acquired {
+                    fencing_token,
+                    validity: match &self.after {
+                        After::Acquire { ttl, .. } => *ttl,
+                        _ => Duration::ZERO,
+                    },
+                })
+            })),
+            Err(outcome) => outcome,
+        };
+        if let (
+            After::Acquire {
+                key,
+                token,
+                attempt: Some(attempt),
+                ..
+            },
+            Some(wake),
+        ) = (self.after, &self.backend.inner.wake)
+        {
+            let late;
+            let seen = match &outcome {
+                Outcome::Answered(r) => r,
+                Outcome::Late(l) => {
+                    late = Err(l.timeout());
+                    &late
+                }
+            };
+            wake.after_acquire(&key, &token, attempt, seen);
+        }
+        outcome
+    }
+}
+
+impl Finish<bool> for InFlight<bool> {
+    fn finish(mut self, deadline: Option<Instant>) -> Outcome<bool> {
+        let outcome = match self.reply(deadline) {
+            // The first try's connection dropped after it may have deleted our key, so a
+            // retry finding nothing cannot tell "released by us" from "expired".
+            Ok((v, tries)) => Outcome::Answered(match convert::<i64>(&self.backend, v) {
+                Ok(0) if tries > 1 && matches!(self.after, After::Release { .. }) => {
+                    Err(BackendError::new(
+                        BackendErrorKind::Io,
+                        format!(
+                            "redis at {}: the reply to a release was lost; the lock was \
+                             released by it or had already expired",
+                            self.backend.inner.addr
+                        ),
+                    ))
+                }
+                other => other.map(|deleted| deleted == 1),
+            }),
+            Err(outcome) => outcome,
+        };
+        if let Some(wake) = &self.backend.inner.wake {
+            let freed = match &outcome {
+                Outcome::Answered(r) => r.as_ref().ok().copied(),
+                Outcome::Late(_) => None,
+            };
+            match &self.after {
+                After::Release { key, token } => wake.released(key, Some(token), freed),
+                After::ForceRelease { key } => wake.released(key, None, freed),
+                _ => {}
+            }
+        }
+        outcome
+    }
+}
+
+impl Finish<Option<Duration>> for InFlight<Option<Duration>> {
+    fn finish(mut self, deadline: Option<Instant>) -> Outcome<Option<Duration>> {
+        let outcome = match self.reply(deadline) {
+            Ok((v, _)) => Outcome::Answered(match &self.after {
+                After::Inspect => convert::<i64>(&self.backend, v).map(|pttl| match pttl {
+                    -1 => Some(Duration::MAX),
+                    p if p >= 0 => Some(Duration::from_millis(p as u64)),
+                    _ => None,
+                }),
+                _ => convert::<Option<u64>>(&self.backend, v)
+                    .map(|ttl| ttl.map(Duration::from_millis)),
+            }),
+            Err(outcome) => outcome,
+        };
+        if let (After::Extend { key, token, start }, Some(wake)) =
+            (&self.after, &self.backend.inner.wake)
+        {
+            let late;
+            let seen = match &outcome {
+                Outcome::Answered(r) => r,
+                Outcome::Late(l) => {
+                    late = Err(l.timeout());
+                    &late
+                }
+            };
+            wake.extended(key, token, *start, seen);
+        }
+        outcome
+    }
+}
+
+impl Finish<()> for InFlight<()> {
+    fn finish(mut self, deadline: Option<Instant>) -> Outcome<()> {
+        match self.reply(deadline) {
+            Ok((v, _)) => Outcome::Answered(match convert::<String>(&self.backend, v) {
+                Ok(pong) if pong == "PONG" => Ok(()),
+                Ok(_) | Err(_) => Err(BackendError::new(
+                    BackendErrorKind::Protocol,
+                    format!(
+                        "redis at {}: PING was not answered with PONG",
+                        self.backend.inner.addr
+                    ),
+                )),
+            }),
+            Err(outcome) => outcome,
+        }
+    }
+}
+
+impl RedisBackend {
+    fn start<T>(
+        &self,
+        cmd: &redis::Cmd,
+        script: Option<&'static Script>,
+        idempotent: bool,
+        conn: Option<Conn>,
+        after: After,
+    ) -> InFlight<T> {
+        let stage = match self.send(cmd, script, idempotent, conn) {
+            Ok(sent) => Stage::Sent(sent),
+            Err(e) => Stage::Ready(Err(e)),
+        };
+        InFlight {
+            backend: self.clone(),
+            stage,
+            after,
+        }
+    }
+
+    /// Starts [`try_acquire`](lock_core::LockBackend::try_acquire) without waiting for
+    /// the reply; see [`InFlight`]. A key this backend knows to be held (see the crate docs
+    /// on wake-ups) is answered at once, without a command.
+    pub fn start_acquire(&self, key: &[u8], token: &Token, ttl: Duration) -> InFlight<Option<Acquired>> {
+        let attempt = match &self.inner.wake {
+            Some(w) => match w.before_acquire(key, token) {
+                Some(a) => Some(a),
+                None => {
+                    return InFlight::ready(self, Ok(None), After::Nothing);
+                }
+            },
+            None => None,
+        };
+        let mut cmd = scripts::evalsha(&scripts::ACQUIRE, &[key, &self.fence_key(key)]);
+        cmd.arg(token.as_bytes()).arg(millis(ttl));
+        self.start(
+            &cmd,
+            Some(&scripts::ACQUIRE),
+            true,
+            None,
+            After::Acquire {
+                key: key.to_vec(),
+                token: token.clone(),
+                ttl,
+                attempt,
+            },
+        )
+    }
+
+    /// Starts [`release`](lock_core::LockBackend::release) without waiting for the reply;
+    /// see [`InFlight`].
+    pub fn start_release(&self, key: &[u8], token: &Token) -> InFlight<bool> {
+        self.start_release_on(None, key, token)
+    }
+
+    fn start_release_on(&self, conn: Option<Conn>, key: &[u8], token: &Token) -> InFlight<bool> {
+        let mut cmd = scripts::evalsha(&scripts::RELEASE, &[key]);
+        cmd.arg(token.as_bytes());
+        if let Some(w) = &self.inner.wake {
+            cmd.arg(w.channel.as_slice()).arg(w.origin.as_slice());
+        }
+        self.start(
+            &cmd,
+            Some(&scripts::RELEASE),
+            true,
+            conn,
+            After::Release {
+                key: key.to_vec(),
+                token: token.clone(),
+            },
+        )
+    }
+
+    /// Starts [`extend`](lock_core::LockBackend::extend) without waiting for the reply;
+    /// see [`InFlight`].
+    pub fn start_extend(&self, key: &[u8], token: &Token, how: Extend) -> InFlight<Option<Duration>> {
+        let (ms, add, idempotent) = match how {
+            Extend::By(d) => (millis(d), 1, false),
+            Extend::To(d) => (millis(d), 0, true),
+        };
+        let start = Instant::now();
+        let mut cmd = scripts::evalsha(&scripts::EXTEND, &[key]);
+        cmd.arg(token.as_bytes()).arg(ms).arg(add);
+        self.start(
+            &cmd,
+            Some(&scripts::EXTEND),
+            idempotent,
+            None,
+            After::Extend {
+                key: key.to_vec(),
+                token: token.clone(),
+                start,
+            },
+        )
+    }
+
+    /// Starts [`inspect`](lock_core::LockBackend::inspect) without waiting for the reply;
+    /// see [`InFlight`].
+    pub fn start_inspect(&self, key: &[u8], token: Option<&Token>) -> InFlight<Option<Duration>> {
+        match token {
+            None => {
+                let mut cmd = redis::cmd("PTTL");
+                cmd.arg(key);
+                self.start(&cmd, None, true, None, After::Inspect)
+            }
+            Some(t) => {
+                let mut cmd = scripts::evalsha(&scripts::INSPECT, &[key]);
+                cmd.arg(t.as_bytes());
+                self.start(&cmd, Some(&scripts::INSPECT), true, None, After::Inspect)
+            }
+        }
+    }
+
+    /// Starts [`force_release`](lock_core::LockBackend::force_release) without waiting
+    /// for the reply; see [`InFlight`].
+    pub fn start_force_release(&self, key: &[u8]) -> InFlight<bool> {
+        let mut cmd = scripts::evalsha(&scripts::FORCE_RELEASE, &[key]);
+        if let Some(w) = &self.inner.wake {
+            cmd.arg(w.channel.as_slice()).arg(w.origin.as_slice());
+        }
+        self.start(
+            &cmd,
+            Some(&scripts::FORCE_RELEASE),
+            true,
+            None,
+            After::ForceRelease { key: key.to_vec() },
+        )
+    }
+
+    /// Starts a `PING` without waiting for the reply; see [`InFlight`].
+    pub fn start_ping(&self) -> InFlight<()> {
+        self.start(&redis::cmd("PING"), None, true, None, After::Nothing)
+    }
+}
