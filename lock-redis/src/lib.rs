@@ -83,7 +83,7 @@ use lock_core::{Acquired, BackendError, Extend, LockBackend, LockError, Token};
 use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
 
 pub use error::to_backend_error;
-pub use wire::{Finish, InFlight, Late, Outcome};
+pub use wire::{Finish, Idle, InFlight, Late, Outcome};
 
 /// Default number of pooled connections: 16.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -217,6 +217,24 @@ impl RedisBackend {
         }
     }
 
+    /// A handle on the same server (sharing the wake-ups and the memory of held keys)
+    /// with a pool of one connection of its own, so its calls never queue behind other
+    /// callers for a connection: what [`LockBackend::dedicated`] gives the manager's
+    /// renewal thread. `None` for a backend made by [`from_pool`](RedisBackend::from_pool).
+    pub fn dedicated_pool(&self) -> Option<RedisBackend> {
+        let Pool::Own(pool, connector) = &self.inner.pool else {
+            return None;
+        };
+        Some(RedisBackend {
+            inner: Arc::new(Inner {
+                pool: own_pool(connector, 1, pool.connection_timeout()),
+                fencing_prefix: self.inner.fencing_prefix.clone(),
+                addr: self.inner.addr.clone(),
+                wake: self.inner.wake.clone(),
+            }),
+        })
+    }
+
     /// The server's address as `host:port/db`, without credentials.
     pub fn addr(&self) -> &str {
         &self.inner.addr
@@ -227,7 +245,7 @@ impl RedisBackend {
     /// # Errors
     /// The [`BackendError`] met: unreachable, timed out, authentication failed, …
     pub fn ping(&self) -> Result<(), BackendError> {
-        self.start_ping().wait()
+        self.start_ping(None).wait()
     }
 
     fn fence_key(&self, key: &[u8]) -> Vec<u8> {
@@ -266,11 +284,11 @@ impl LockBackend for RedisBackend {
         token: &Token,
         ttl: Duration,
     ) -> Result<Option<Acquired>, BackendError> {
-        self.start_acquire(key, token, ttl).wait()
+        self.start_acquire(None, key, token, ttl).wait()
     }
 
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
-        self.start_release(key, token).wait()
+        self.start_release(None, key, token).wait()
     }
 
     fn extend(
@@ -279,15 +297,15 @@ impl LockBackend for RedisBackend {
         token: &Token,
         how: Extend,
     ) -> Result<Option<Duration>, BackendError> {
-        self.start_extend(key, token, how).wait()
+        self.start_extend(None, key, token, how).wait()
     }
 
     fn inspect(&self, key: &[u8], token: Option<&Token>) -> Result<Option<Duration>, BackendError> {
-        self.start_inspect(key, token).wait()
+        self.start_inspect(None, key, token).wait()
     }
 
     fn force_release(&self, key: &[u8]) -> Result<bool, BackendError> {
-        self.start_force_release(key).wait()
+        self.start_force_release(None, key).wait()
     }
 
     fn health_check(&self) -> Result<(), BackendError> {
@@ -295,17 +313,8 @@ impl LockBackend for RedisBackend {
     }
 
     fn dedicated(&self) -> Option<Box<dyn LockBackend>> {
-        let Pool::Own(pool, connector) = &self.inner.pool else {
-            return None;
-        };
-        Some(Box::new(RedisBackend {
-            inner: Arc::new(Inner {
-                pool: own_pool(connector, 1, pool.connection_timeout()),
-                fencing_prefix: self.inner.fencing_prefix.clone(),
-                addr: self.inner.addr.clone(),
-                wake: self.inner.wake.clone(),
-            }),
-        }))
+        self.dedicated_pool()
+            .map(|b| Box::new(b) as Box<dyn LockBackend>)
     }
 
     /// Blocks until `key` is released (by this process, or by anybody while the wake-up

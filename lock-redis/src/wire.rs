@@ -1,6 +1,6 @@
-//! Every operation on the wire, in two halves: [`RedisBackend::start_acquire`] and its
-//! siblings check out a pooled connection and write the command; [`InFlight::finish`]
-//! reads the reply, at most until a deadline. The [`LockBackend`](lock_core::LockBackend)
+//! Every operation on the wire, in two halves: the first checks out a pooled connection
+//! and writes the command ([`RedisBackend::idle`] and [`Idle`] offer it publicly, on an
+//! idle connection); [`Finish::finish`] reads the reply, at most until a deadline. The [`LockBackend`](lock_core::LockBackend)
 //! methods run both halves back to back; Redlock writes to every node first and then
 //! reads, so one lock costs one round trip whatever the number of nodes.
 //!
@@ -54,13 +54,34 @@ enum Read {
 }
 
 impl RedisBackend {
-    fn checkout(&self) -> Result<Conn, BackendError> {
+    /// A pooled connection, waiting for one (or connecting) for at most the checkout
+    /// timeout, and not past `deadline`.
+    fn checkout(&self, deadline: Option<Instant>) -> Result<Conn, BackendError> {
         let addr = &self.inner.addr;
+        let wait = |configured: Duration| match deadline {
+            Some(d) => configured.min(d.saturating_duration_since(Instant::now()).max(MIN_READ)),
+            None => configured,
+        };
         match &self.inner.pool {
-            Pool::Own(p, _) => p.get().map(Conn::Own),
-            Pool::Given(p) => p.get().map(Conn::Given),
+            Pool::Own(p, _) => p.get_timeout(wait(p.connection_timeout())).map(Conn::Own),
+            Pool::Given(p) => p.get_timeout(wait(p.connection_timeout())).map(Conn::Given),
         }
         .map_err(|e| error::pool_error(addr, &e))
+    }
+
+    /// An idle connection from the pool if one is ready now, to start an operation on
+    /// without waiting for a connection or opening one; `None` otherwise (the caller can
+    /// then run the operation where waiting does not hold anybody up). Redlock starts
+    /// its fan-out this way.
+    pub fn idle(&self) -> Option<Idle<'_>> {
+        let conn = match &self.inner.pool {
+            Pool::Own(p, _) => Conn::Own(p.try_get()?),
+            Pool::Given(p) => Conn::Given(p.try_get()?),
+        };
+        Some(Idle {
+            backend: self,
+            conn,
+        })
     }
 
     /// The read timeout our own connections are set up with; `None` for a given pool,
@@ -88,7 +109,7 @@ impl RedisBackend {
         let mut sent = Sent {
             conn: match conn {
                 Some(c) => c,
-                None => self.checkout()?,
+                None => self.checkout(None)?,
             },
             packed: cmd.get_packed_command(),
             script,
@@ -98,7 +119,7 @@ impl RedisBackend {
         match sent.conn.get().send_packed_command(&sent.packed) {
             Ok(()) => Ok(sent),
             Err(e) if e.is_connection_dropped() && idempotent => {
-                sent.resend(self).map_err(|e| self.failure(&e))?;
+                sent.resend(self, None).map_err(|e| self.failure(&e))?;
                 Ok(sent)
             }
             Err(e) => Err(self.failure(&e)),
@@ -111,7 +132,9 @@ impl RedisBackend {
     fn read(&self, conn: &mut redis::Connection, deadline: Option<Instant>) -> Read {
         let mut restore = None;
         if let (Some(deadline), Some(configured)) = (deadline, self.read_timeout()) {
-            let left = deadline.saturating_duration_since(Instant::now()).max(MIN_READ);
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_READ);
             // Within a millisecond of the usual timeout, save the two system calls.
             if left + MIN_READ < configured && conn.set_read_timeout(Some(left)).is_ok() {
                 restore = Some(configured);
@@ -131,11 +154,15 @@ impl RedisBackend {
 
 impl Sent {
     /// Writes the command again on a fresh pooled connection.
-    fn resend(&mut self, backend: &RedisBackend) -> redis::RedisResult<()> {
+    fn resend(
+        &mut self,
+        backend: &RedisBackend,
+        deadline: Option<Instant>,
+    ) -> redis::RedisResult<()> {
         self.tries += 1;
-        self.conn = backend.checkout().map_err(|e| {
-            RedisError::from((ErrorKind::Io, "no fresh connection", e.to_string()))
-        })?;
+        self.conn = backend
+            .checkout(deadline)
+            .map_err(|e| RedisError::from((ErrorKind::Io, "no fresh connection", e.to_string())))?;
         self.conn.get().send_packed_command(&self.packed)
     }
 
@@ -150,8 +177,7 @@ impl Sent {
             match backend.read(self.conn.get(), deadline) {
                 Read::Reply(v) => match v.extract_error() {
                     Err(e)
-                        if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
-                            && !loaded =>
+                        if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && !loaded =>
                     {
                         let Some(script) = self.script else {
                             return Err(Some(e));
@@ -163,8 +189,10 @@ impl Sent {
                     }
                     other => return other.map_err(Some),
                 },
-                Read::Failed(e) if e.is_connection_dropped() && self.idempotent && self.tries < 2 => {
-                    self.resend(backend).map_err(Some)?;
+                Read::Failed(e)
+                    if e.is_connection_dropped() && self.idempotent && self.tries < 2 =>
+                {
+                    self.resend(backend, deadline).map_err(Some)?;
                 }
                 Read::Failed(e) => return Err(Some(e)),
                 Read::Late => return Err(None),
@@ -173,8 +201,8 @@ impl Sent {
     }
 }
 
-/// An operation written to the server whose reply has not been read yet, from
-/// [`RedisBackend::start_acquire`] and its siblings. Read it with
+/// An operation written to the server whose reply has not been read yet, from the
+/// methods of [`Idle`]. Read it with
 /// [`finish`](InFlight::finish); dropping it unread discards the reply (the connection
 /// skips it) but not the operation, which the server runs anyway.
 ///
@@ -277,7 +305,7 @@ impl Late {
     /// The [`BackendError`] met, as for a release.
     pub fn release(self: Box<Self>, key: &[u8], token: &Token) -> Result<bool, BackendError> {
         let Late { backend, conn, .. } = *self;
-        backend.start_release_on(Some(conn), key, token).wait()
+        backend.start_release(Some(conn), key, token).wait()
     }
 }
 
@@ -329,10 +357,7 @@ fn already_read() -> BackendError {
     BackendError::new(BackendErrorKind::Other, "operation already read")
 }
 
-fn convert<T: redis::FromRedisValue>(
-    backend: &RedisBackend,
-    v: Value,
-) -> Result<T, BackendError> {
+fn convert<T: redis::FromRedisValue>(backend: &RedisBackend, v: Value) -> Result<T, BackendError> {
     redis::from_redis_value(v).map_err(|e| backend.failure(&RedisError::from(e)))
 }
 
@@ -486,10 +511,13 @@ impl RedisBackend {
         }
     }
 
-    /// Starts [`try_acquire`](lock_core::LockBackend::try_acquire) without waiting for
-    /// the reply; see [`InFlight`]. A key this backend knows to be held (see the crate docs
-    /// on wake-ups) is answered at once, without a command.
-    pub fn start_acquire(&self, key: &[u8], token: &Token, ttl: Duration) -> InFlight<Option<Acquired>> {
+    pub(crate) fn start_acquire(
+        &self,
+        conn: Option<Conn>,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> InFlight<Option<Acquired>> {
         let attempt = match &self.inner.wake {
             Some(w) => match w.before_acquire(key, token) {
                 Some(a) => Some(a),
@@ -505,7 +533,7 @@ impl RedisBackend {
             &cmd,
             Some(&scripts::ACQUIRE),
             true,
-            None,
+            conn,
             After::Acquire {
                 key: key.to_vec(),
                 token: token.clone(),
@@ -515,13 +543,12 @@ impl RedisBackend {
         )
     }
 
-    /// Starts [`release`](lock_core::LockBackend::release) without waiting for the reply;
-    /// see [`InFlight`].
-    pub fn start_release(&self, key: &[u8], token: &Token) -> InFlight<bool> {
-        self.start_release_on(None, key, token)
-    }
-
-    fn start_release_on(&self, conn: Option<Conn>, key: &[u8], token: &Token) -> InFlight<bool> {
+    pub(crate) fn start_release(
+        &self,
+        conn: Option<Conn>,
+        key: &[u8],
+        token: &Token,
+    ) -> InFlight<bool> {
         let mut cmd = scripts::evalsha(&scripts::RELEASE, &[key]);
         cmd.arg(token.as_bytes());
         if let Some(w) = &self.inner.wake {
@@ -539,9 +566,13 @@ impl RedisBackend {
         )
     }
 
-    /// Starts [`extend`](lock_core::LockBackend::extend) without waiting for the reply;
-    /// see [`InFlight`].
-    pub fn start_extend(&self, key: &[u8], token: &Token, how: Extend) -> InFlight<Option<Duration>> {
+    pub(crate) fn start_extend(
+        &self,
+        conn: Option<Conn>,
+        key: &[u8],
+        token: &Token,
+        how: Extend,
+    ) -> InFlight<Option<Duration>> {
         let (ms, add, idempotent) = match how {
             Extend::By(d) => (millis(d), 1, false),
             Extend::To(d) => (millis(d), 0, true),
@@ -553,7 +584,7 @@ impl RedisBackend {
             &cmd,
             Some(&scripts::EXTEND),
             idempotent,
-            None,
+            conn,
             After::Extend {
                 key: key.to_vec(),
                 token: token.clone(),
@@ -562,26 +593,27 @@ impl RedisBackend {
         )
     }
 
-    /// Starts [`inspect`](lock_core::LockBackend::inspect) without waiting for the reply;
-    /// see [`InFlight`].
-    pub fn start_inspect(&self, key: &[u8], token: Option<&Token>) -> InFlight<Option<Duration>> {
+    pub(crate) fn start_inspect(
+        &self,
+        conn: Option<Conn>,
+        key: &[u8],
+        token: Option<&Token>,
+    ) -> InFlight<Option<Duration>> {
         match token {
             None => {
                 let mut cmd = redis::cmd("PTTL");
                 cmd.arg(key);
-                self.start(&cmd, None, true, None, After::Inspect)
+                self.start(&cmd, None, true, conn, After::Inspect)
             }
             Some(t) => {
                 let mut cmd = scripts::evalsha(&scripts::INSPECT, &[key]);
                 cmd.arg(t.as_bytes());
-                self.start(&cmd, Some(&scripts::INSPECT), true, None, After::Inspect)
+                self.start(&cmd, Some(&scripts::INSPECT), true, conn, After::Inspect)
             }
         }
     }
 
-    /// Starts [`force_release`](lock_core::LockBackend::force_release) without waiting
-    /// for the reply; see [`InFlight`].
-    pub fn start_force_release(&self, key: &[u8]) -> InFlight<bool> {
+    pub(crate) fn start_force_release(&self, conn: Option<Conn>, key: &[u8]) -> InFlight<bool> {
         let mut cmd = scripts::evalsha(&scripts::FORCE_RELEASE, &[key]);
         if let Some(w) = &self.inner.wake {
             cmd.arg(w.channel.as_slice()).arg(w.origin.as_slice());
@@ -590,13 +622,63 @@ impl RedisBackend {
             &cmd,
             Some(&scripts::FORCE_RELEASE),
             true,
-            None,
+            conn,
             After::ForceRelease { key: key.to_vec() },
         )
     }
 
-    /// Starts a `PING` without waiting for the reply; see [`InFlight`].
-    pub fn start_ping(&self) -> InFlight<()> {
-        self.start(&redis::cmd("PING"), None, true, None, After::Nothing)
+    pub(crate) fn start_ping(&self, conn: Option<Conn>) -> InFlight<()> {
+        self.start(&redis::cmd("PING"), None, true, conn, After::Nothing)
+    }
+}
+
+/// An idle pooled connection, from [`RedisBackend::idle`], to start one operation on:
+/// each method writes the command and returns without reading the reply (see
+/// [`InFlight`]). They are the [`LockBackend`](lock_core::LockBackend) operations of the
+/// backend, in two halves, with the same wake-up bookkeeping.
+pub struct Idle<'a> {
+    backend: &'a RedisBackend,
+    conn: Conn,
+}
+
+impl std::fmt::Debug for Idle<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle")
+            .field("addr", &self.backend.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Idle<'_> {
+    /// Starts [`try_acquire`](lock_core::LockBackend::try_acquire). A key the backend
+    /// knows to be held (see the crate docs on wake-ups) is answered at once, without a
+    /// command, and the connection goes back to the pool unused.
+    pub fn acquire(self, key: &[u8], token: &Token, ttl: Duration) -> InFlight<Option<Acquired>> {
+        self.backend.start_acquire(Some(self.conn), key, token, ttl)
+    }
+
+    /// Starts [`release`](lock_core::LockBackend::release).
+    pub fn release(self, key: &[u8], token: &Token) -> InFlight<bool> {
+        self.backend.start_release(Some(self.conn), key, token)
+    }
+
+    /// Starts [`extend`](lock_core::LockBackend::extend).
+    pub fn extend(self, key: &[u8], token: &Token, how: Extend) -> InFlight<Option<Duration>> {
+        self.backend.start_extend(Some(self.conn), key, token, how)
+    }
+
+    /// Starts [`inspect`](lock_core::LockBackend::inspect).
+    pub fn inspect(self, key: &[u8], token: Option<&Token>) -> InFlight<Option<Duration>> {
+        self.backend.start_inspect(Some(self.conn), key, token)
+    }
+
+    /// Starts [`force_release`](lock_core::LockBackend::force_release).
+    pub fn force_release(self, key: &[u8]) -> InFlight<bool> {
+        self.backend.start_force_release(Some(self.conn), key)
+    }
+
+    /// Starts a `PING`.
+    pub fn ping(self) -> InFlight<()> {
+        self.backend.start_ping(Some(self.conn))
     }
 }

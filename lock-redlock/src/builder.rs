@@ -17,6 +17,9 @@ use crate::{
 /// Most operations queued on one node before new ones are refused (a node that stopped
 /// answering must not let its queue grow without bound).
 pub(crate) const MAX_QUEUED_PER_NODE: usize = 1024;
+/// Worker threads of a node the caller talks to directly: they only run cleanups and
+/// retries.
+pub(crate) const DIRECT_WORKERS: usize = 2;
 
 enum NodeSpec {
     Url(String),
@@ -112,10 +115,10 @@ impl RedlockBuilder {
         self
     }
 
-    /// Connections per node, and worker threads per node: at most this many operations
-    /// run on one node at once; more wait in the node's queue (and that wait counts
-    /// against the node timeout). For nodes given as backends, only the number of workers.
-    /// Defaults to 8; at most 256.
+    /// Connections per node: at most this many operations run on one node at once
+    /// (beyond, they wait for a connection on the node's workers, and that wait counts
+    /// against the node timeout). For nodes given as backends, the number of worker
+    /// threads per node that run their operations. Defaults to 8; at most 256.
     pub fn pool_size(mut self, n: u32) -> Self {
         self.pool_size = n;
         self
@@ -158,7 +161,7 @@ impl RedlockBuilder {
         let mut resolved = Vec::with_capacity(self.nodes.len());
         for (i, spec) in self.nodes.into_iter().enumerate() {
             resolved.push(match spec {
-                NodeSpec::Backend(label, backend) => (label, backend),
+                NodeSpec::Backend(label, backend) => (label, backend, None),
                 NodeSpec::Url(url) => {
                     let backend = RedisBackend::builder(&url)
                         .pool_size(self.pool_size)
@@ -175,13 +178,14 @@ impl RedlockBuilder {
                         })?;
                     (
                         backend.addr().to_owned(),
-                        Arc::new(backend) as Arc<dyn LockBackend>,
+                        Arc::new(backend.clone()) as Arc<dyn LockBackend>,
+                        Some(backend),
                     )
                 }
             });
         }
         let mut seen = HashSet::new();
-        for (addr, _) in &resolved {
+        for (addr, _, _) in &resolved {
             if !seen.insert(addr.as_str()) {
                 return Err(config(format!(
                     "node {addr} is listed twice; Redlock needs independent nodes"
@@ -201,11 +205,17 @@ impl RedlockBuilder {
         let nodes = resolved
             .into_iter()
             .enumerate()
-            .map(|(i, (addr, backend))| {
+            .map(|(i, (addr, backend, redis))| {
+                // A node the caller talks to directly only needs workers for leftovers.
+                let workers = match redis {
+                    Some(_) => DIRECT_WORKERS.min(workers),
+                    None => workers,
+                };
                 Node::start(
                     i,
                     addr,
                     backend,
+                    redis,
                     workers,
                     MAX_QUEUED_PER_NODE,
                     self.node_timeout,

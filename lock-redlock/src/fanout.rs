@@ -23,6 +23,10 @@ pub(crate) enum Slot<T> {
     Skipped,
     /// Never sent: the node refused it (down, or overloaded). Counts as failed.
     Refused(BackendError),
+    /// Sent by the caller, who stopped waiting for the reply after this long (the node
+    /// timeout, or the grace after a decision). Counts as failed; the operation may still
+    /// take effect on the node.
+    Late(Duration),
 }
 
 /// When a worker may drop a node's part instead of sending it.
@@ -109,6 +113,20 @@ impl<T> Call<T> {
         }
     }
 
+    /// Marks node `i`'s part as sent by the caller itself (no worker runs it).
+    pub(crate) fn sent_directly(&self, i: usize) {
+        if let Some(slot @ Slot::Queued) = self.state.lock().slots.get_mut(i) {
+            *slot = Slot::Running;
+        }
+    }
+
+    /// Records that the caller stopped waiting for node `i` after `waited`.
+    pub(crate) fn late(&self, i: usize, waited: Duration) {
+        if let Some(slot @ Slot::Running) = self.state.lock().slots.get_mut(i) {
+            *slot = Slot::Late(waited);
+        }
+    }
+
     /// Records that node `i` refused its part without sending anything.
     pub(crate) fn refuse(&self, i: usize, error: BackendError) {
         let mut st = self.state.lock();
@@ -177,7 +195,9 @@ impl<T> CallState<T> {
                 Slot::Done(Ok(v)) if yes(v) => t.yes += 1,
                 Slot::Done(Ok(_)) => t.no += 1,
                 // Never sent, so no answer: a job dropped as late counts as timed out.
-                Slot::Done(Err(_)) | Slot::Refused(_) | Slot::Skipped => t.failed += 1,
+                Slot::Done(Err(_)) | Slot::Refused(_) | Slot::Skipped | Slot::Late(_) => {
+                    t.failed += 1
+                }
                 Slot::Queued | Slot::Running => t.pending += 1,
             }
         }
@@ -209,6 +229,9 @@ impl<T> CallState<T> {
                     None => write!(out, "{}: not awaited", node.addr),
                 },
                 Slot::Skipped => write!(out, "{}: timeout (still queued)", node.addr),
+                Slot::Late(waited) => {
+                    write!(out, "{}: timeout (no answer within {waited:?})", node.addr)
+                }
                 Slot::Refused(e) => write!(out, "{}: not sent ({e})", node.addr),
             };
         }

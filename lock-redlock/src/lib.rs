@@ -22,9 +22,19 @@
 //!
 //! # How it works
 //! Every node is a [`RedisBackend`](lock_redis::RedisBackend) (its pool, its Lua scripts,
-//! its timeouts); Redlock adds the quorum on top. Each node has a few persistent worker
-//! threads, so a blocking call hands its command to every node at once and one lock costs
-//! about one round trip, whatever N. The call returns as soon as the answers decide it:
+//! its timeouts); Redlock adds the quorum on top. The calling thread writes the command
+//! to every node first, on an idle pooled connection of each, and only then reads the
+//! replies ([`RedisBackend::idle`](lock_redis::RedisBackend::idle)), so one lock costs
+//! about one round trip whatever N, with no hand-off between threads. It reads the nodes
+//! that answered quickest last time first, a node that is down last, and stops waiting as
+//! soon as the answers decide the call (the rest get 2 ms more). A node whose connections
+//! are all busy or not open yet, and nodes given as backends
+//! ([`RedlockBackend::builder_from_backends`]), are run by the node's worker threads
+//! instead, which also carry out everything the caller leaves behind: cleanups after a
+//! failed acquire and retried releases.
+//!
+//! - **A node that freezes** costs the calls already waiting on it at most one node
+//!   timeout; it then counts as down and is read last (or skipped) until it answers again.
 //!
 //! - **Acquire** succeeds once a quorum (`N/2 + 1`, see [`quorum`]) has set the key,
 //!   provided time is left: the validity is `ttl - elapsed - drift` (see [`validity`] and
@@ -39,9 +49,11 @@
 //!   quorum still sets the key (and is released with the rest).
 //! - **A failed acquire cleans up on every node that may hold our key**, including nodes
 //!   that errored or timed out (the command may have reached them). The cleanup runs on
-//!   the node workers after the call has returned; a node still busy with our acquire
-//!   releases right after it, so the release never overtakes it; a node that fails the
-//!   release is asked again, backing off, for up to the TTL (at most a minute).
+//!   the node workers after the call has returned. A node still busy with our acquire
+//!   releases right after it (a worker's command, on the same worker; the caller's, on
+//!   the same connection, which the server runs in order), so the release never
+//!   overtakes it; a node that fails the release is asked again, backing off, for up to
+//!   the TTL (at most a minute).
 //! - **Every attempt puts a fresh token on the wire.** The manager retries with one token;
 //!   the backend maps it to the token of the attempt that was granted, so the cleanup of
 //!   an earlier attempt can never delete what a later one set. Release, extend and
@@ -138,6 +150,7 @@ pub use builder::RedlockBuilder;
 pub use math::{drift, quorum, validity, DRIFT_CONSTANT};
 
 use fanout::{Call, CallState, Skip, Slot};
+use lock_redis::{Finish, Idle, InFlight, Late, Outcome};
 use math::{quorum_remaining, Verdict};
 use node::{Job, Node, Worker};
 
@@ -145,7 +158,7 @@ use node::{Job, Node, Worker};
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
 /// Default clock-drift factor: 0.01 (drift = `ttl * 0.01 + 2 ms`).
 pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
-/// Default connections and worker threads per node: 8.
+/// Default connections per node (and worker threads per node given as a backend): 8.
 pub const DEFAULT_POOL_SIZE: u32 = 8;
 /// The largest accepted pool size per node: 256.
 pub const MAX_POOL_SIZE: u32 = 256;
@@ -156,6 +169,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = lock_redis::DEFAULT_CONNECT_TIMEOU
 const MAX_CLEANUP_WINDOW: Duration = Duration::from_secs(60);
 /// The first pause before a release is retried (doubling up to 1 s).
 const RETRY_FIRST: Duration = Duration::from_millis(50);
+
+/// How long the caller still waits for the nodes it talks to directly once the answers
+/// have decided an operation: their replies have usually arrived by then, and a node this
+/// far behind is not worth waiting for (a late acquisition is released with the rest).
+const GRACE: Duration = Duration::from_millis(2);
 
 /// Below this many remembered holds nothing is pruned.
 const PRUNE_MIN: usize = 256;
@@ -309,6 +327,13 @@ impl fmt::Debug for RedlockBackend {
 }
 
 type Op<T> = Arc<dyn Fn(&dyn LockBackend) -> Result<T, BackendError> + Send + Sync>;
+/// How the caller starts an operation on an idle connection of a node it talks to
+/// directly.
+type Direct<'a, T> = &'a dyn Fn(Idle<'_>) -> InFlight<T>;
+/// Operations the caller has sent directly, by node.
+type Flights<T> = Vec<(usize, InFlight<T>)>;
+/// Operations whose replies did not come in time, by node.
+type Lates = Vec<(usize, Box<Late>)>;
 
 fn quorum_error(message: String) -> BackendError {
     BackendError::new(BackendErrorKind::Quorum, message)
@@ -406,7 +431,10 @@ fn begin_release(st: &mut CallState<Option<Acquired>>) -> (Arc<Call<bool>>, Vec<
                 }
                 Slot::Done(Ok(None)) => *rslot = Slot::Done(Ok(false)),
                 Slot::Done(_) => now.push(i),
-                Slot::Running => *rslot = Slot::Running,
+                // A granted lock's late node may hold the key: release it with the rest.
+                // A failed attempt's caller releases behind the late command itself.
+                Slot::Late(_) if st.won => now.push(i),
+                Slot::Running | Slot::Late(_) => *rslot = Slot::Running,
             }
         }
     }
@@ -419,20 +447,36 @@ impl Inner {
         self.nodes.len()
     }
 
-    /// Sends `op` to the nodes in `targets` as their part of `call`. A node that refuses
-    /// the job (overloaded, or down when `gated`) fails at once, having been sent nothing.
+    /// Sends `op` to the nodes in `targets` as their part of `call`: a node we connected
+    /// to ourselves that has an idle connection gets the command written by this thread
+    /// at once (returned, to be read with [`read_all`](Self::read_all)); any other node
+    /// (or one whose connections are all busy, or not open yet) gets a job on its workers.
+    /// A node that refuses (overloaded, or down when `gated`) fails at once, having been
+    /// sent nothing.
     fn dispatch<T: Send + 'static>(
         &self,
         call: &Arc<Call<T>>,
         targets: impl IntoIterator<Item = usize>,
-        skip: Skip,
-        gated: bool,
-        op: Op<T>,
-    ) {
+        (skip, gated): (Skip, bool),
+        op: &Op<T>,
+        direct: Direct<'_, T>,
+    ) -> Flights<T> {
+        let mut flights = Vec::new();
         for i in targets {
             let Some(node) = self.nodes.get(i) else {
                 continue;
             };
+            if gated {
+                if let Err(e) = node.admit() {
+                    call.refuse(i, e);
+                    continue;
+                }
+            }
+            if let Some(idle) = node.redis.as_ref().and_then(|r| r.idle()) {
+                call.sent_directly(i);
+                flights.push((i, direct(idle)));
+                continue;
+            }
             let (c, op) = (call.clone(), op.clone());
             let job: Job = Box::new(move |worker| {
                 if c.start(i, skip).is_ok() {
@@ -441,42 +485,150 @@ impl Inner {
                     c.finish(i, answer);
                 }
             });
-            if let Err(e) = node.submit(job, gated) {
+            if let Err(e) = node.submit(job, false) {
                 call.refuse(i, e);
             }
         }
+        flights
+    }
+
+    /// Reads the replies of `flights` into `call`, in order, each until `late` at most,
+    /// until `decided` says the answers settle it. Returns the operations whose replies
+    /// did not come in time (they may still take effect on their nodes) and the flights
+    /// not read yet.
+    fn read_until<T>(
+        &self,
+        call: &Call<T>,
+        flights: Flights<T>,
+        (start, late): (Instant, Instant),
+        decided: impl Fn(&CallState<T>) -> bool,
+    ) -> (Lates, Flights<T>)
+    where
+        InFlight<T>: Finish<T>,
+    {
+        let mut lates = Vec::new();
+        let mut flights = flights;
+        flights.sort_by_cached_key(|(i, _)| self.nodes.get(*i).map(Node::rank));
+        let mut flights = flights.into_iter();
+        for (i, flight) in flights.by_ref() {
+            self.read_one(call, (i, flight), (start, late, late), &mut lates);
+            if decided(&call.lock()) {
+                break;
+            }
+        }
+        (lates, flights.collect())
+    }
+
+    /// Reads the replies of `rest` after a decision: they have usually arrived together
+    /// with the deciding ones, and a node more than [`GRACE`] behind is not waited for.
+    fn read_rest<T>(
+        &self,
+        call: &Call<T>,
+        rest: Flights<T>,
+        (start, late): (Instant, Instant),
+        lates: &mut Lates,
+    ) where
+        InFlight<T>: Finish<T>,
+    {
+        let until = late.min(deadline(Instant::now(), GRACE));
+        for flight in rest {
+            self.read_one(call, flight, (start, late, until), lates);
+        }
+    }
+
+    /// Reads one reply into `call`, for no longer than `until` (`late` is the whole wait:
+    /// only a node that used it up counts as failing).
+    fn read_one<T>(
+        &self,
+        call: &Call<T>,
+        (i, flight): (usize, InFlight<T>),
+        (start, late, until): (Instant, Instant, Instant),
+        lates: &mut Lates,
+    ) where
+        InFlight<T>: Finish<T>,
+    {
+        let Some(node) = self.nodes.get(i) else {
+            return;
+        };
+        match flight.finish(Some(until)) {
+            Outcome::Answered(answer) => {
+                node.record(answer.is_ok());
+                node.record_latency(start.elapsed());
+                call.finish(i, answer);
+            }
+            Outcome::Late(l) => {
+                node.record_latency(start.elapsed());
+                // Only a node that used up the whole wait counts as failing; one cut short
+                // after the decision is merely slower than the others.
+                if until >= late {
+                    node.record(false);
+                }
+                call.late(i, until.saturating_duration_since(start));
+                lates.push((i, l));
+            }
+        }
+    }
+
+    /// Reads every reply of `flights` into `call`: until `decided`, then with the grace.
+    /// Late replies are skipped by their connections; nothing else needs doing about them.
+    fn read_all<T>(
+        &self,
+        call: &Call<T>,
+        flights: Flights<T>,
+        times: (Instant, Instant),
+        decided: impl Fn(&CallState<T>) -> bool,
+    ) where
+        InFlight<T>: Finish<T>,
+    {
+        let (mut lates, rest) = self.read_until(call, flights, times, decided);
+        self.read_rest(call, rest, times, &mut lates);
     }
 
     /// Sends `op` to every node, waits until `decided` or the node timeout, and hands the
     /// answers to `then` with whether the wait timed out and how long it took.
     fn fan_out<T: Send + 'static, R>(
         &self,
-        op: Op<T>,
+        (op, direct): (Op<T>, Direct<'_, T>),
         skip: Skip,
         gated: bool,
         decided: impl Fn(&CallState<T>) -> bool,
         then: impl FnOnce(&CallState<T>, Option<Duration>, Duration) -> R,
-    ) -> R {
+    ) -> R
+    where
+        InFlight<T>: Finish<T>,
+    {
         let start = Instant::now();
         let call = Arc::new(Call::new(self.n()));
-        self.dispatch(&call, 0..self.n(), skip, gated, op);
+        let flights = self.dispatch(&call, 0..self.n(), (skip, gated), &op, direct);
+        let late = deadline(start, self.node_timeout);
+        self.read_all(&call, flights, (start, late), &decided);
         let settled = call.settle(start, self.node_timeout, decided);
         then(&settled.state, settled.timed_out, start.elapsed())
     }
 
     /// Sends the release `op` to the nodes in `targets` as their part of `release`; each
-    /// is retried for `window` if the node fails it (see [`release_with_retries`]).
+    /// is retried for `window` if the node fails it (see [`release_with_retries`]). With
+    /// `wait`, the nodes we talk to directly are read here until the answers decide the
+    /// release (or `wait` runs out); without, their replies are left to their workers.
     fn release_on(
         &self,
         release: &Arc<Call<bool>>,
         targets: impl IntoIterator<Item = usize>,
-        op: &Op<bool>,
-        window: Duration,
+        hold: &Arc<Hold>,
+        wait: Option<(Instant, Duration)>,
     ) {
+        let window = cleanup_window(hold.ttl);
+        let op = hold.release_op();
+        let mut flights = Vec::new();
         for i in targets {
             let Some(node) = self.nodes.get(i) else {
                 continue;
             };
+            if let Some(idle) = wait.and(node.redis.as_ref()).and_then(|r| r.idle()) {
+                release.sent_directly(i);
+                flights.push((i, idle.release(&hold.key, &hold.token)));
+                continue;
+            }
             let (c, op) = (release.clone(), op.clone());
             let job: Job = Box::new(move |worker| {
                 if c.start(i, Skip::Never).is_ok() {
@@ -485,6 +637,56 @@ impl Inner {
                 }
             });
             if let Err(e) = node.submit(job, false) {
+                log::warn!("redlock release not sent, the key expires by its ttl: {e}");
+                release.refuse(i, e);
+            }
+        }
+        let Some((start, wait)) = wait else {
+            return;
+        };
+        let q = self.quorum;
+        let decided = |st: &CallState<bool>| st.tally(|d| *d).verdict(q).is_some();
+        let direct: Vec<usize> = flights.iter().map(|(i, _)| *i).collect();
+        self.read_all(release, flights, (start, deadline(start, wait)), decided);
+        // A node that failed to answer may still hold our key: its workers ask again.
+        let failed: Vec<usize> = {
+            let st = release.lock();
+            direct
+                .into_iter()
+                .filter(|&i| matches!(st.slots.get(i), Some(Slot::Done(Err(_)) | Slot::Late(_))))
+                .collect()
+        };
+        for i in failed {
+            self.retry_later(i, op.clone(), window);
+        }
+    }
+
+    /// Has node `i`'s workers retry the release `op`, which failed once, for `window`.
+    fn retry_later(&self, i: usize, op: Op<bool>, window: Duration) {
+        let give_up = deadline(Instant::now(), window);
+        let job: Job = Box::new(move |worker| retry_release(op, worker, 0, give_up));
+        if let Err(e) = self.nodes[i].submit(job, false) {
+            log::warn!("redlock release not retried, the key expires by its ttl: {e}");
+        }
+    }
+
+    /// After a failed attempt, releases on each node in `lates` on the connection its
+    /// acquisition went out on, so the node runs the release after it; on the node's
+    /// workers, as part of `release`.
+    fn release_behind(&self, release: &Arc<Call<bool>>, lates: Lates, hold: &Arc<Hold>) {
+        let window = cleanup_window(hold.ttl);
+        for (i, late) in lates {
+            let (c, h) = (release.clone(), hold.clone());
+            let job: Job = Box::new(move |worker| {
+                let answer = late.release(&h.key, &h.token);
+                worker.record(&answer);
+                if answer.is_err() {
+                    let give_up = deadline(Instant::now(), window);
+                    retry_release(h.release_op(), worker, 0, give_up);
+                }
+                c.finish(i, answer);
+            });
+            if let Err(e) = self.nodes[i].submit(job, false) {
                 log::warn!("redlock release not sent, the key expires by its ttl: {e}");
                 release.refuse(i, e);
             }
@@ -553,16 +755,29 @@ impl LockBackend for RedlockBackend {
         // Past the budget no answer could leave validity: stop waiting there.
         let wait = inner.node_timeout.min(budget);
         let late = deadline(start, wait);
+        let mut flights = Vec::new();
         for (i, node) in inner.nodes.iter().enumerate() {
+            if let Err(e) = node.admit() {
+                hold.acquire.refuse(i, e);
+                continue;
+            }
+            if let Some(idle) = node.redis.as_ref().and_then(|r| r.idle()) {
+                hold.acquire.sent_directly(i);
+                flights.push((i, idle.acquire(&hold.key, &hold.token, ttl)));
+                continue;
+            }
             let h = hold.clone();
-            if let Err(e) = node.submit(Box::new(move |w| acquire_on(&h, i, late, w)), true) {
+            if let Err(e) = node.submit(Box::new(move |w| acquire_on(&h, i, late, w)), false) {
                 hold.acquire.refuse(i, e);
             }
         }
         let q = inner.quorum;
-        let mut settled = hold.acquire.settle(start, wait, |st| {
-            st.tally(Option::is_some).verdict(q).is_some()
-        });
+        let decided =
+            |st: &CallState<Option<Acquired>>| st.tally(Option::is_some).verdict(q).is_some();
+        // The answers read before the decision decide it (and its fencing token); the rest
+        // are read once the outcome is fixed.
+        let (mut lates, rest) = inner.read_until(&hold.acquire, flights, (start, late), decided);
+        let mut settled = hold.acquire.settle(start, wait, decided);
         let elapsed = start.elapsed();
         let st = &mut settled.state;
         let tally = st.tally(Option::is_some);
@@ -599,18 +814,19 @@ impl LockBackend for RedlockBackend {
                 acquired_label,
             )),
         };
-        if matches!(outcome, Ok(Some(_))) {
-            st.won = true;
-            drop(settled);
+        let won = matches!(outcome, Ok(Some(_)));
+        st.won = won;
+        drop(settled);
+        // Late answers change nothing decided; a node that granted one holds our key and is
+        // released with the rest.
+        inner.read_rest(&hold.acquire, rest, (start, late), &mut lates);
+        if won {
+            // Their connections skip the late replies; the release goes to these nodes too.
+            drop(lates);
         } else {
-            let (release, targets) = begin_release(st);
-            drop(settled);
-            inner.release_on(
-                &release,
-                targets,
-                &hold.release_op(),
-                cleanup_window(hold.ttl),
-            );
+            let (release, targets) = begin_release(&mut hold.acquire.lock());
+            inner.release_on(&release, targets, &hold, None);
+            inner.release_behind(&release, lates, &hold);
         }
         // Contention needs no follow-up; success waits for its release, and a failure for
         // the release the manager sends after an error (answered at once: see `release`).
@@ -642,12 +858,7 @@ impl LockBackend for RedlockBackend {
         }
         let (release, targets) = begin_release(&mut st);
         drop(st);
-        inner.release_on(
-            &release,
-            targets,
-            &hold.release_op(),
-            cleanup_window(hold.ttl),
-        );
+        inner.release_on(&release, targets, &hold, Some((start, inner.node_timeout)));
         let q = inner.quorum;
         let settled = release.settle(start, inner.node_timeout, |st| {
             st.tally(|d| *d).verdict(q).is_some()
@@ -678,11 +889,13 @@ impl LockBackend for RedlockBackend {
         let Some(wire) = inner.holds.lock().granted(key, token) else {
             return Ok(None);
         };
-        let (k, t) = (key.to_vec(), wire);
+        let (k, t) = (key.to_vec(), wire.clone());
         let q = inner.quorum;
         let label = |d: &Option<Duration>| if d.is_some() { "extended" } else { "not ours" };
         inner.fan_out(
-            Arc::new(move |b| b.extend(&k, &t, how)),
+            (Arc::new(move |b| b.extend(&k, &t, how)), &|idle| {
+                idle.extend(key, &wire, how)
+            }),
             Skip::IfLate(deadline(start, inner.node_timeout)),
             true,
             |st| st.tally(Option::is_some).verdict(q).is_some(),
@@ -736,9 +949,11 @@ impl LockBackend for RedlockBackend {
             },
             None => (inner.n() - inner.quorum + 1, None),
         };
-        let (k, t) = (key.to_vec(), wire);
+        let (k, t) = (key.to_vec(), wire.clone());
         inner.fan_out(
-            Arc::new(move |b| b.inspect(&k, t.as_ref())),
+            (Arc::new(move |b| b.inspect(&k, t.as_ref())), &|idle| {
+                idle.inspect(key, wire.as_ref())
+            }),
             Skip::IfClosed,
             true,
             // "Not held" is final as soon as it is certain; "held" waits for every node
@@ -774,7 +989,9 @@ impl LockBackend for RedlockBackend {
         let k = key.to_vec();
         let spare = inner.n() - inner.quorum;
         inner.fan_out(
-            Arc::new(move |b| b.force_release(&k)),
+            (Arc::new(move |b| b.force_release(&k)), &|idle| {
+                idle.force_release(key)
+            }),
             Skip::Never,
             false,
             |st| st.tally(|d| *d).pending == 0,
@@ -798,7 +1015,7 @@ impl LockBackend for RedlockBackend {
     fn health_check(&self) -> Result<(), BackendError> {
         let inner = &*self.inner;
         inner.fan_out(
-            Arc::new(|b| b.health_check()),
+            (Arc::new(|b| b.health_check()), &|idle| idle.ping()),
             Skip::IfClosed,
             false,
             |st| st.tally(|_| true).pending == 0,
@@ -832,14 +1049,21 @@ impl LockBackend for RedlockBackend {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                let backend: Arc<dyn LockBackend> = match n.backend.dedicated() {
-                    Some(own) => Arc::from(own),
-                    None => n.backend.clone(),
+                let (backend, redis): (Arc<dyn LockBackend>, _) = match &n.redis {
+                    Some(r) => {
+                        let own = r.dedicated_pool().unwrap_or_else(|| r.clone());
+                        (Arc::new(own.clone()), Some(own))
+                    }
+                    None => match n.backend.dedicated() {
+                        Some(own) => (Arc::from(own), None),
+                        None => (n.backend.clone(), None),
+                    },
                 };
                 Node::start(
                     i,
                     n.addr.clone(),
                     backend,
+                    redis,
                     1,
                     builder::MAX_QUEUED_PER_NODE,
                     inner.node_timeout,

@@ -1,6 +1,11 @@
 //! One node: its backend, the persistent worker threads that run operations on it so a
 //! blocking caller can talk to every node at once, delayed retries of cleanups the node
 //! could not take, and what the node's last answers say about its health.
+//!
+//! A node that is a Redis server this backend connected itself needs no worker for the
+//! common case: the caller writes the command to it and reads the reply directly (see
+//! [`Node::redis`]); its workers then only finish what the caller left (cleanups behind a
+//! command that timed out, retries).
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -9,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use lock_core::{BackendError, BackendErrorKind, LockBackend};
+use lock_redis::RedisBackend;
 use parking_lot::{Condvar, Mutex};
 
 /// The longest a node that keeps failing is left alone between two probes, and the
@@ -65,6 +71,10 @@ pub(crate) struct Node {
     /// `host:port/db` or the label the caller gave; never a password.
     pub(crate) addr: String,
     pub(crate) backend: Arc<dyn LockBackend>,
+    /// The same server as `backend`, when it is one we connected to ourselves (so its
+    /// reads honour a deadline): the caller talks to it directly instead of through a
+    /// worker.
+    pub(crate) redis: Option<RedisBackend>,
     shared: Arc<Shared>,
     max_queued: usize,
 }
@@ -114,6 +124,8 @@ struct Health {
     down_since: Option<Instant>,
     backoff: Duration,
     next_probe: Option<Instant>,
+    /// How long its last direct answer took: the caller reads the quickest nodes first.
+    latency: Duration,
 }
 
 impl Shared {
@@ -153,6 +165,7 @@ impl Node {
         index: usize,
         addr: String,
         backend: Arc<dyn LockBackend>,
+        redis: Option<RedisBackend>,
         workers: usize,
         max_queued: usize,
         first_backoff: Duration,
@@ -167,6 +180,7 @@ impl Node {
         let node = Node {
             addr,
             backend,
+            redis,
             shared,
             max_queued,
         };
@@ -192,23 +206,7 @@ impl Node {
     /// (when `gated`) the node is down and no probe is due.
     pub(crate) fn submit(&self, job: Job, gated: bool) -> Result<(), BackendError> {
         if gated {
-            let mut h = self.shared.health.lock();
-            if let (Some(since), Some(probe)) = (h.down_since, h.next_probe) {
-                let now = Instant::now();
-                if now < probe {
-                    return Err(BackendError::new(
-                        BackendErrorKind::Io,
-                        format!(
-                            "node {} is down (failing for {:?}, next probe in {:?})",
-                            self.addr,
-                            now.saturating_duration_since(since),
-                            probe.saturating_duration_since(now)
-                        ),
-                    ));
-                }
-                // This one is the probe; the next waits for its outcome or the backoff.
-                h.next_probe = now.checked_add(h.backoff);
-            }
+            self.admit()?;
         }
         let mut q = self.shared.queue.lock();
         if q.jobs.len() >= self.max_queued {
@@ -222,6 +220,51 @@ impl Node {
         drop(q);
         self.shared.ready.notify_one();
         Ok(())
+    }
+}
+
+impl Node {
+    /// The health gate: `Err` if the node is down and no probe is due, so an operation
+    /// that can do without it fails at once; otherwise it may be sent (as the probe, if
+    /// the node is down).
+    pub(crate) fn admit(&self) -> Result<(), BackendError> {
+        let mut h = self.shared.health.lock();
+        if let (Some(since), Some(probe)) = (h.down_since, h.next_probe) {
+            let now = Instant::now();
+            if now < probe {
+                return Err(BackendError::new(
+                    BackendErrorKind::Io,
+                    format!(
+                        "node {} is down (failing for {:?}, next probe in {:?})",
+                        self.addr,
+                        now.saturating_duration_since(since),
+                        probe.saturating_duration_since(now)
+                    ),
+                ));
+            }
+            // This one is the probe; the next waits for its outcome or the backoff.
+            h.next_probe = now.checked_add(h.backoff);
+        }
+        Ok(())
+    }
+
+    /// Notes whether the node answered an operation the caller ran directly.
+    pub(crate) fn record(&self, answered: bool) {
+        self.shared.record(answered);
+    }
+
+    /// Notes how long the node took to answer an operation the caller ran directly (or,
+    /// if it did not answer in time, how long the caller waited).
+    pub(crate) fn record_latency(&self, took: Duration) {
+        self.shared.health.lock().latency = took;
+    }
+
+    /// Where the node goes in the caller's reading order: nodes that are up before nodes
+    /// that are down, and quick ones first, so a slow or failing node is read once the
+    /// others have decided the outcome.
+    pub(crate) fn rank(&self) -> (bool, Duration) {
+        let h = self.shared.health.lock();
+        (h.down_since.is_some(), h.latency)
     }
 }
 

@@ -342,18 +342,16 @@ fn paused_minority_costs_nothing_and_late_replies_change_nothing() {
         mgr.lock(n).unwrap().release().unwrap();
     }
     let paused = Paused::new(&nodes[..2]);
-    let slowest = Mutex::new(Duration::ZERO);
+    let took_all = Mutex::new(Vec::new());
     thread::scope(|s| {
         for name in &names {
-            let (mgr, slowest) = (&mgr, &slowest);
+            let (mgr, took_all) = (&mgr, &took_all);
             s.spawn(move || {
                 for _ in 0..50 {
                     let start = Instant::now();
                     let g = mgr.try_lock(name).unwrap().expect("a quorum is up");
                     let took = start.elapsed();
-                    let mut w = slowest.lock().unwrap();
-                    *w = (*w).max(took);
-                    drop(w);
+                    took_all.lock().unwrap().push(took);
                     assert!(took <= timeout + ms(50), "acquire took {took:?}");
                     assert!(g.remaining() > Duration::from_secs(9));
                     g.release().unwrap();
@@ -362,10 +360,20 @@ fn paused_minority_costs_nothing_and_late_replies_change_nothing() {
         }
     });
     drop(paused);
+    let mut took = took_all.into_inner().unwrap();
+    took.sort();
+    // A node that freezes costs the calls already waiting on it at most one node timeout
+    // (acquire, and the release after it); from then on it is read last, or not at all
+    // while it is down, so it costs nothing more.
+    let slow = took.iter().filter(|t| **t > timeout / 2).count();
     eprintln!(
-        "slowest acquire with two of five nodes paused: {:?}",
-        slowest.lock().unwrap()
+        "acquires with two of five nodes paused: p50 {:?}, slowest {:?}, {slow} of {} over \
+         half the node timeout",
+        took[took.len() / 2],
+        took[took.len() - 1],
+        took.len()
     );
+    assert!(slow <= 2 * names.len(), "{slow} slow acquires");
     // Whatever the paused nodes received runs now; it must leave no lock behind.
     for name in &names {
         let key = format!("lock:{name}");
