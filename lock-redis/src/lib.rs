@@ -72,6 +72,7 @@
 mod error;
 mod scripts;
 mod subscriber;
+mod tls;
 mod wake;
 
 use std::fmt;
@@ -148,7 +149,8 @@ impl r2d2::ManageConnection for Connector {
     fn connect(&self) -> RedisResult<redis::Connection> {
         let conn = self
             .client
-            .get_connection_with_timeout(self.connect_timeout)?;
+            .get_connection_with_timeout(self.connect_timeout)
+            .map_err(|e| tls::explain_connect_failure(&self.client, e))?;
         conn.set_read_timeout(Some(self.read_timeout))?;
         conn.set_write_timeout(Some(self.write_timeout))?;
         Ok(conn)
@@ -188,6 +190,7 @@ impl RedisBackend {
             wake_ups: true,
             wake_channel: DEFAULT_WAKE_CHANNEL.as_bytes().to_vec(),
             contention_cache: DEFAULT_CONTENTION_CACHE,
+            tls: tls::TlsOptions::default(),
         }
     }
 
@@ -474,6 +477,7 @@ pub struct RedisBackendBuilder {
     wake_ups: bool,
     wake_channel: Vec<u8>,
     contention_cache: Duration,
+    tls: tls::TlsOptions,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -487,6 +491,8 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("wake_ups", &self.wake_ups)
             .field("wake_channel", &String::from_utf8_lossy(&self.wake_channel))
             .field("contention_cache", &self.contention_cache)
+            .field("tls_url", &tls::is_tls_url(&self.url))
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -562,7 +568,9 @@ impl RedisBackendBuilder {
     ///
     /// # Errors
     /// [`LockError::Setup`] for an invalid URL, a zero pool size or timeout, an empty
-    /// fencing prefix, or an empty wake channel.
+    /// fencing prefix, an empty wake channel, or TLS options that are unreadable or do not
+    /// fit the URL (see [`tls_root_ca`](RedisBackendBuilder::tls_root_ca) and the setters
+    /// after it).
     pub fn build(self) -> Result<RedisBackend, LockError> {
         let config = |msg: &str| {
             LockError::from(BackendError::new(
@@ -595,7 +603,7 @@ impl RedisBackendBuilder {
             return Err(config("wake channel must not be empty"));
         }
         let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
-        let client = redis::Client::open(info).map_err(|e| to_backend_error(&addr, &e))?;
+        let client = tls::client(info, &self.tls, &addr)?;
         let connector = Connector {
             client,
             connect_timeout: self.connect_timeout,
