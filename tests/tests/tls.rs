@@ -223,8 +223,8 @@ fn plaintext_to_a_tls_port_fails_clearly_within_the_timeouts() {
 fn tls_to_a_plaintext_port_fails_clearly_within_the_timeouts() {
     // Redis reads the handshake as an inline command, which ends at the first newline
     // byte, if its random bytes hold one: then the error reply is no TLS record. Without
-    // one it waits for the rest of the line, and the handshake times out. Several tries
-    // see both.
+    // one (most of the time) it waits for the rest of the line, and the handshake times
+    // out. Either must say what is wrong.
     let server = RedisServer::shared();
     let tls_url = format!("rediss://{}/", server.addr());
     let tries: Vec<(Duration, lock_core::BackendError)> = thread::scope(|s| {
