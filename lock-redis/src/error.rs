@@ -130,3 +130,54 @@ pub(crate) fn pool_error(addr: &str, e: &r2d2::Error) -> Failed {
         error: BackendError::new(kind, format!("redis at {addr}: no connection: {text}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{AlertDescription, CertificateError, InvalidMessage};
+
+    /// The hints match `rustls`'s own wording, as the `redis` crate shows it.
+    #[test]
+    fn rustls_handshake_failures_get_their_hint() {
+        let cases = [
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "not signed by a trusted ca",
+            ),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::Expired),
+                "was not accepted",
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::CertificateRequired),
+                "client certificate",
+            ),
+            (
+                rustls::Error::AlertReceived(AlertDescription::UnknownCA),
+                "not trust ours",
+            ),
+            (
+                rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType),
+                "does not speak tls",
+            ),
+        ];
+        for (error, hint) in cases {
+            let redis_error =
+                RedisError::from(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
+            let e = to_backend_error("h:1/0", &redis_error);
+            assert_eq!(e.kind(), BackendErrorKind::Tls, "{e}");
+            assert!(e.to_string().contains(hint), "{hint:?} not in: {e}");
+            // What `pool_error` reads: r2d2's text around the connect error.
+            let pooled = format!("timed out waiting for connection: {redis_error}");
+            assert!(
+                tls_failure(&pooled).is_some_and(|h| h.contains(hint)),
+                "{pooled}"
+            );
+        }
+        let other = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(
+            to_backend_error("h:1/0", &other).kind(),
+            BackendErrorKind::Io
+        );
+    }
+}
