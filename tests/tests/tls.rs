@@ -36,12 +36,9 @@ fn builder(url: &str) -> RedisBackendBuilder {
         .checkout_timeout(CHECKOUT)
 }
 
-/// A backend on `server` trusting its CA.
-fn trusting(server: &RedisServer) -> RedisBackend {
-    builder(&server.url())
-        .tls_root_ca(&server.pki().ca)
-        .build()
-        .unwrap()
+/// A backend on `url` (one of `server`'s) that trusts `server`'s CA.
+fn trusting(server: &RedisServer, url: &str) -> RedisBackend {
+    builder(url).tls_root_ca(&server.pki().ca).build().unwrap()
 }
 
 /// Takes and releases a lock, and checks that the server held it meanwhile.
@@ -87,6 +84,15 @@ fn assert_fails(backend: RedisBackend, kind: BackendErrorKind, says: &[&str]) {
     }
 }
 
+/// A TLS server whose certificate names only `localhost`, not `127.0.0.1`.
+fn localhost_only() -> RedisServer {
+    let setup = TlsSetup {
+        server_names: "DNS:localhost".into(),
+        ..TlsSetup::default()
+    };
+    RedisServer::start_tls(&setup, &[])
+}
+
 fn setup_error(b: RedisBackendBuilder) -> String {
     let err = b.build().unwrap_err();
     assert!(matches!(err, LockError::Setup { .. }), "{err}");
@@ -114,16 +120,10 @@ fn lock_and_release_over_tls_with_the_custom_ca() {
         .query(&mut server.raw_connection())
         .unwrap();
     assert_eq!(port, ["port", "0"], "the server has a plaintext port");
-    lock_and_release(&server, trusting(&server));
+    lock_and_release(&server, trusting(&server, &server.url()));
     // The host name works as well as the IP address: the certificate names both.
     let by_name = format!("rediss://localhost:{}/", server.port());
-    lock_and_release(
-        &server,
-        builder(&by_name)
-            .tls_root_ca(&server.pki().ca)
-            .build()
-            .unwrap(),
-    );
+    lock_and_release(&server, trusting(&server, &by_name));
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn mutual_tls_works_with_the_client_cert_and_fails_clearly_without() {
     lock_and_release(&server, with_cert);
 
     assert_fails(
-        trusting(&server),
+        trusting(&server, &server.url()),
         BackendErrorKind::Tls,
         &["CertificateRequired", "client certificate"],
     );
@@ -182,26 +182,13 @@ fn unknown_ca_is_a_tls_error_that_says_so() {
 
 #[test]
 fn a_certificate_for_another_host_name_is_a_tls_error() {
-    let setup = TlsSetup {
-        server_names: "DNS:localhost".into(),
-        ..TlsSetup::default()
-    };
-    let server = RedisServer::start_tls(&setup, &[]);
+    let server = localhost_only();
     let by_name = format!("rediss://localhost:{}/", server.port());
-    lock_and_release(
-        &server,
-        builder(&by_name)
-            .tls_root_ca(&server.pki().ca)
-            .build()
-            .unwrap(),
-    );
+    lock_and_release(&server, trusting(&server, &by_name));
     // The same server by IP address: its certificate does not name 127.0.0.1.
     let by_ip = format!("rediss://{}/", server.addr());
     assert_fails(
-        builder(&by_ip)
-            .tls_root_ca(&server.pki().ca)
-            .build()
-            .unwrap(),
+        trusting(&server, &by_ip),
         BackendErrorKind::Tls,
         &[
             "certificate not valid for name \"127.0.0.1\"",
@@ -303,13 +290,8 @@ fn a_tls_handshake_that_gets_no_answer_ends_within_the_connect_timeout() {
 
 #[test]
 fn insecure_opt_in_connects_to_an_untrusted_server_and_nothing_else_does() {
-    // Its certificate names only localhost, so by IP address it fails every check there
-    // is: unknown issuer and wrong name.
-    let setup = TlsSetup {
-        server_names: "DNS:localhost".into(),
-        ..TlsSetup::default()
-    };
-    let server = RedisServer::start_tls(&setup, &[]);
+    // Untrusted, and by IP address also the wrong name: it fails every check there is.
+    let server = localhost_only();
     let url = format!("rediss://{}/", server.addr());
     assert_fails(
         builder(&url).build().unwrap(),
