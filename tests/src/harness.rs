@@ -98,8 +98,7 @@ impl RedisServer {
         let pki = TestPki::generate(dir.path(), &setup.server_names);
         let tls = Tls {
             pki,
-            require_client_cert: setup.require_client_cert,
-            server_names: setup.server_names.clone(),
+            setup: setup.clone(),
         };
         Self::start_in(dir, extra_args, Some(tls))
     }
@@ -417,7 +416,8 @@ impl TlsSetup {
 }
 
 /// A throwaway PKI made by `openssl` at test time: a CA (an EC P-256 key, valid for two
-/// days, its name unique), and a server and a client certificate that it signed. The fields are PEM.
+/// days, its name unique), and a server and a client certificate that it signed. The
+/// fields are PEM.
 #[derive(Clone)]
 pub struct TestPki {
     /// The CA's certificate.
@@ -434,7 +434,8 @@ impl fmt::Debug for TestPki {
     }
 }
 
-/// The files [`TestPki::generate`] writes, and the OpenSSL config it signs them with.
+/// The OpenSSL config that [`TestPki::generate`] makes its certificates with: one section
+/// of extensions each for the CA, the server and the client.
 const PKI_CONFIG: &str = "\
 [req]
 distinguished_name = dn
@@ -534,14 +535,14 @@ impl TestPki {
 #[derive(Debug)]
 struct Tls {
     pki: TestPki,
-    require_client_cert: bool,
-    server_names: String,
+    setup: TlsSetup,
 }
 
 impl Tls {
     /// The host to reach the server by, so that its certificate names it.
     fn host(&self) -> &str {
-        self.server_names
+        self.setup
+            .server_names
             .split(',')
             .next()
             .and_then(|name| name.split_once(':'))
@@ -552,7 +553,7 @@ impl Tls {
     /// certificates that [`TestPki::generate`] wrote into `dir`.
     fn server_args(&self, port: u16, dir: &Path) -> Vec<String> {
         let file = |name: &str| dir.join(name).display().to_string();
-        let auth = if self.require_client_cert {
+        let auth = if self.setup.require_client_cert {
             "yes"
         } else {
             "no"
@@ -1006,8 +1007,7 @@ mod tests {
         assert_ne!(other.ca, server.pki().ca);
         let tls = Tls {
             pki: other,
-            require_client_cert: false,
-            server_names: TlsSetup::default().server_names,
+            setup: TlsSetup::default(),
         };
         let err = connect(server.port(), Some(&tls), CONNECTION_TIMEOUT)
             .and_then(|mut c| ping(&mut c))
