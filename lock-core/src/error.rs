@@ -133,6 +133,11 @@ pub enum BackendErrorKind {
     Protocol,
     /// The backend's configuration (for example a URL) is invalid.
     Config,
+    /// A TLS connection could not be set up: the server's certificate was not trusted
+    /// (unknown CA, expired, issued for another host name), the server refused our client
+    /// certificate or asked for one we did not send, or the other side does not speak TLS.
+    /// Retrying does not help; the certificates or trust settings need fixing.
+    Tls,
     /// A multi-node backend could not reach a quorum because of node failures.
     Quorum,
     /// Anything else.
@@ -148,6 +153,7 @@ impl fmt::Display for BackendErrorKind {
             BackendErrorKind::Permission => "permission denied",
             BackendErrorKind::Protocol => "unexpected reply",
             BackendErrorKind::Config => "invalid configuration",
+            BackendErrorKind::Tls => "tls handshake failed",
             BackendErrorKind::Quorum => "quorum not reached",
             BackendErrorKind::Other => "backend error",
         })

@@ -60,18 +60,62 @@
 //! 30 s, and waiting falls back to polling.
 //!
 //! # Timeouts
-//! Nothing blocks without a bound: a connection attempt gives up after the connect timeout,
-//! a command after the read/write timeout, and waiting for a free pooled connection after
-//! the checkout timeout. A dead or hung server is an error within those, never a hang.
+//! Nothing blocks without a bound: a connection attempt gives up after the connect timeout
+//! (its TLS handshake and setup commands included), a command after the read/write
+//! timeout, and waiting for a free pooled connection after the checkout timeout. A dead or
+//! hung server is an error within those, never a hang.
 //!
 //! # Credentials
 //! `redis://user:password@host:port/db` works (`AUTH user password` on connect). The
 //! password never appears in `Debug`, in errors or in logs.
+//!
+//! # TLS
+//! `rediss://host:port/db` connects over TLS, through the `redis` crate's `rustls`
+//! support with the *ring* crypto provider (installed as the process default on the first
+//! TLS build, unless the application installed a provider first, which is then used). The
+//! server's certificate must chain to a trusted CA (the system's trust store, or the CAs
+//! given to [`tls_root_ca`](RedisBackendBuilder::tls_root_ca)) and name the URL's host;
+//! for a server with `tls-auth-clients yes`, give a client certificate and key to
+//! [`tls_client_cert`](RedisBackendBuilder::tls_client_cert):
+//!
+//! ```no_run
+//! use lock_core::LockManager;
+//! use lock_redis::RedisBackend;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let backend = RedisBackend::builder("rediss://:password@redis.internal:6380/")
+//!     .tls_root_ca(std::fs::read("/etc/redis/tls/ca.crt")?)
+//!     .tls_client_cert(
+//!         std::fs::read("/etc/redis/tls/client.crt")?,
+//!         std::fs::read("/etc/redis/tls/client.key")?,
+//!     )
+//!     .build()?;
+//! let mgr = LockManager::new(backend);
+//! let _g = mgr.lock("job:1")?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`build`](RedisBackendBuilder::build) checks the PEM it is given (and that the key
+//! matches its certificate) before any I/O. A handshake that fails is an error of kind
+//! [`Tls`](lock_core::BackendErrorKind::Tls) that names the cause: an unknown CA, a
+//! certificate for another host name, a client certificate missing or refused, a server
+//! that does not speak TLS. A server that does not answer the handshake at all is a
+//! [`Timeout`](lock_core::BackendErrorKind::Timeout) within the connect timeout.
+//!
+//! Certificate checks are turned off only by
+//! [`danger_accept_invalid_certs(true)`](RedisBackendBuilder::danger_accept_invalid_certs),
+//! never by a URL alone: the `#insecure` fragment that the `redis` crate understands is
+//! refused without that opt-in.
+//!
+//! A new TLS connection costs a few milliseconds (the `redis` crate also loads the system's
+//! trust store for each one, even when a root CA is given); the pool keeps connections
+//! open, so that is paid once per pooled connection, not per lock.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod error;
 mod scripts;
 mod subscriber;
+mod tls;
 mod wake;
 mod wire;
 
@@ -150,7 +194,8 @@ impl r2d2::ManageConnection for Connector {
     fn connect(&self) -> RedisResult<redis::Connection> {
         let conn = self
             .client
-            .get_connection_with_timeout(self.connect_timeout)?;
+            .get_connection_with_timeout(self.connect_timeout)
+            .map_err(|e| tls::explain_connect_failure(&self.client, e))?;
         conn.set_read_timeout(Some(self.read_timeout))?;
         conn.set_write_timeout(Some(self.write_timeout))?;
         Ok(conn)
@@ -166,8 +211,9 @@ impl r2d2::ManageConnection for Connector {
 }
 
 impl RedisBackend {
-    /// A backend on the server at `url` (`redis://[user:password@]host[:port][/db]`) with
-    /// the defaults of [`RedisBackendBuilder`]. No connection is made yet: the first lock
+    /// A backend on the server at `url` (`redis://[user:password@]host[:port][/db]`, or
+    /// `rediss://…` for TLS: see the crate docs) with the defaults of
+    /// [`RedisBackendBuilder`]. No connection is made yet: the first lock
     /// operation connects (and reports an unreachable server or bad credentials); call
     /// [`ping`](RedisBackend::ping) to check early.
     ///
@@ -190,6 +236,7 @@ impl RedisBackend {
             wake_ups: true,
             wake_channel: DEFAULT_WAKE_CHANNEL.as_bytes().to_vec(),
             contention_cache: DEFAULT_CONTENTION_CACHE,
+            tls: tls::TlsOptions::default(),
         }
     }
 
@@ -339,6 +386,7 @@ pub struct RedisBackendBuilder {
     wake_ups: bool,
     wake_channel: Vec<u8>,
     contention_cache: Duration,
+    tls: tls::TlsOptions,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -352,6 +400,8 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("wake_ups", &self.wake_ups)
             .field("wake_channel", &String::from_utf8_lossy(&self.wake_channel))
             .field("contention_cache", &self.contention_cache)
+            .field("tls_url", &tls::is_tls_url(&self.url))
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -427,7 +477,9 @@ impl RedisBackendBuilder {
     ///
     /// # Errors
     /// [`LockError::Setup`] for an invalid URL, a zero pool size or timeout, an empty
-    /// fencing prefix, or an empty wake channel.
+    /// fencing prefix, an empty wake channel, or TLS options that are unreadable or do not
+    /// fit the URL (see [`tls_root_ca`](RedisBackendBuilder::tls_root_ca) and the setters
+    /// after it).
     pub fn build(self) -> Result<RedisBackend, LockError> {
         let config = |msg: &str| {
             LockError::from(BackendError::new(
@@ -460,7 +512,7 @@ impl RedisBackendBuilder {
             return Err(config("wake channel must not be empty"));
         }
         let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
-        let client = redis::Client::open(info).map_err(|e| to_backend_error(&addr, &e))?;
+        let client = tls::client(info, &self.tls, &addr)?;
         let connector = Connector {
             client,
             connect_timeout: self.connect_timeout,

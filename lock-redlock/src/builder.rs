@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{BackendError, BackendErrorKind, LockBackend, LockError};
-use lock_redis::RedisBackend;
+use lock_redis::{RedisBackend, RedisBackendBuilder};
 
 use crate::node::Node;
 use crate::{
@@ -52,6 +52,27 @@ pub struct RedlockBuilder {
     drift_factor: f64,
     pool_size: u32,
     connect_timeout: Duration,
+    tls: Tls,
+}
+
+/// The TLS options, handed to every node's [`RedisBackendBuilder`] as they are.
+#[derive(Default)]
+struct Tls {
+    root_ca: Option<Vec<u8>>,
+    client_cert: Option<(Vec<u8>, Vec<u8>)>,
+    accept_invalid_certs: bool,
+}
+
+impl Tls {
+    fn apply(&self, mut node: RedisBackendBuilder) -> RedisBackendBuilder {
+        if let Some(pem) = &self.root_ca {
+            node = node.tls_root_ca(pem);
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            node = node.tls_client_cert(cert, key);
+        }
+        node.danger_accept_invalid_certs(self.accept_invalid_certs)
+    }
 }
 
 impl fmt::Debug for RedlockBuilder {
@@ -63,6 +84,12 @@ impl fmt::Debug for RedlockBuilder {
             .field("drift_factor", &self.drift_factor)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls_root_ca", &self.tls.root_ca.is_some())
+            .field("tls_client_cert", &self.tls.client_cert.is_some())
+            .field(
+                "danger_accept_invalid_certs",
+                &self.tls.accept_invalid_certs,
+            )
             .finish()
     }
 }
@@ -75,6 +102,7 @@ impl RedlockBuilder {
             drift_factor: DEFAULT_DRIFT_FACTOR,
             pool_size: DEFAULT_POOL_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            tls: Tls::default(),
         }
     }
 
@@ -133,13 +161,45 @@ impl RedlockBuilder {
         self
     }
 
+    /// Trusts the CA certificates in `pem` for every `rediss://` node, instead of the
+    /// system's trust store; one PEM may hold the CAs of several nodes. Defaults to unset.
+    /// As [`RedisBackendBuilder::tls_root_ca`], which checks it (once per node); not used
+    /// for nodes given as backends.
+    pub fn tls_root_ca(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.tls.root_ca = Some(pem.as_ref().to_vec());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM) to every `rediss://` node that asks
+    /// for one. Defaults to unset. As [`RedisBackendBuilder::tls_client_cert`]; not used for
+    /// nodes given as backends.
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Self {
+        self.tls.client_cert = Some((cert_pem.as_ref().to_vec(), key_pem.as_ref().to_vec()));
+        self
+    }
+
+    /// **Dangerous.** `true` turns every check of the nodes' certificates off, so that
+    /// anyone who can intercept a connection can pose as a node. Defaults to `false`. As
+    /// [`RedisBackendBuilder::danger_accept_invalid_certs`], which says what it allows and
+    /// what it refuses (a `#insecure` URL fragment needs it); not used for nodes given as
+    /// backends.
+    pub fn danger_accept_invalid_certs(mut self, accept: bool) -> Self {
+        self.tls.accept_invalid_certs = accept;
+        self
+    }
+
     /// Validates the options, builds one [`RedisBackend`] per URL and starts the nodes'
     /// worker threads. Makes no connection: the first operation connects.
     ///
     /// # Errors
-    /// [`LockError::Setup`] for no nodes, a node listed twice, an invalid URL (naming the
-    /// node by its position, never showing a password), a zero timeout or pool size, a
-    /// drift factor outside `0..1`, or a worker thread that cannot be started.
+    /// [`LockError::Setup`] for no nodes, a node listed twice, an invalid URL or TLS
+    /// option (naming the node by its position, never showing a password), a zero timeout
+    /// or pool size, a drift factor outside `0..1`, or a worker thread that cannot be
+    /// started.
     pub fn build(self) -> Result<RedlockBackend, LockError> {
         let config =
             |msg: String| LockError::from(BackendError::new(BackendErrorKind::Config, msg));
@@ -163,19 +223,18 @@ impl RedlockBuilder {
             resolved.push(match spec {
                 NodeSpec::Backend(label, backend) => (label, backend, None),
                 NodeSpec::Url(url) => {
-                    let backend = RedisBackend::builder(&url)
+                    let node = RedisBackend::builder(&url)
                         .pool_size(self.pool_size)
                         .connect_timeout(self.connect_timeout)
                         .read_timeout(self.node_timeout)
                         .write_timeout(self.node_timeout)
-                        .checkout_timeout(self.node_timeout)
-                        .build()
-                        .map_err(|e| match e {
-                            LockError::Setup { source } => {
-                                config(format!("node {} of the list: {source}", i + 1))
-                            }
-                            other => other,
-                        })?;
+                        .checkout_timeout(self.node_timeout);
+                    let backend = self.tls.apply(node).build().map_err(|e| match e {
+                        LockError::Setup { source } => {
+                            config(format!("node {} of the list: {source}", i + 1))
+                        }
+                        other => other,
+                    })?;
                     (
                         backend.addr().to_owned(),
                         Arc::new(backend.clone()) as Arc<dyn LockBackend>,

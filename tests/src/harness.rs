@@ -6,10 +6,15 @@
 //!
 //! `redis-server` must be on `PATH`; if it is not, starting a server panics with one
 //! line saying how to install it. Nothing is skipped.
+//!
+//! [`RedisServer::start_tls`] starts a TLS-only server (`--port 0 --tls-port P`) with a
+//! throwaway CA, server and client certificate made by `openssl` (which must be on `PATH`
+//! too) in the server's directory.
 
+use std::fmt;
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::ErrorKind;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +32,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 const LOG_TAIL_LINES: usize = 30;
 const NOT_FOUND: &str = "redis-server not found on PATH: install it \
                          (Debian/Ubuntu: apt-get install redis-server) to run these tests";
+const OPENSSL_NOT_FOUND: &str = "openssl not found on PATH: install it \
+                                 (Debian/Ubuntu: apt-get install openssl) to run the tls tests";
 /// Redis logs this once it listens; our log file is private, so seeing it proves that
 /// the port belongs to our child and not to some other process that won a port race.
 const READY_LINE: &str = "Ready to accept connections";
@@ -44,6 +51,8 @@ pub struct RedisServer {
     child: Option<Child>,
     paused: AtomicBool,
     extra_args: Vec<String>,
+    /// The certificates of a TLS-only server.
+    tls: Option<Tls>,
     log_path: PathBuf,
     // Declared last so the directory is removed after `Drop` has ended the process.
     dir: TempDir,
@@ -73,12 +82,33 @@ impl RedisServer {
     ///
     /// As [`RedisServer::start`].
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_in(TempDir::new(), extra_args, None)
+    }
+
+    /// Starts a TLS-only server (no plaintext port) with extra command-line arguments, on
+    /// certificates generated for it (see [`TestPki`]). Its [`url`](RedisServer::url) is
+    /// `rediss://`, and [`raw_connection`](RedisServer::raw_connection) trusts its CA
+    /// and presents its client certificate.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`], or if `openssl` is not on `PATH` or fails.
+    pub fn start_tls(setup: &TlsSetup, extra_args: &[&str]) -> Self {
         let dir = TempDir::new();
+        let pki = TestPki::generate(dir.path(), &setup.server_names);
+        let tls = Tls {
+            pki,
+            setup: setup.clone(),
+        };
+        Self::start_in(dir, extra_args, Some(tls))
+    }
+
+    fn start_in(dir: TempDir, extra_args: &[&str], tls: Option<Tls>) -> Self {
         let log_path = dir.path().join("redis.log");
         let extra_args = expand_args(extra_args);
         for attempt in 1..=PORT_ATTEMPTS {
             let port = free_port();
-            match launch(port, dir.path(), &log_path, &extra_args) {
+            match launch(port, dir.path(), &log_path, &extra_args, tls.as_ref()) {
                 Ok(child) => {
                     return Self {
                         port,
@@ -86,6 +116,7 @@ impl RedisServer {
                         child: Some(child),
                         paused: AtomicBool::new(false),
                         extra_args,
+                        tls,
                         log_path,
                         dir,
                     }
@@ -103,7 +134,13 @@ impl RedisServer {
         shared()
     }
 
-    /// The TCP port on 127.0.0.1.
+    /// The TLS server shared by the tests of one binary that run at the same time: see
+    /// [`shared_tls`].
+    pub fn shared_tls() -> Arc<Self> {
+        shared_tls()
+    }
+
+    /// The TCP port on 127.0.0.1 (the TLS port of a TLS server).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -113,9 +150,22 @@ impl RedisServer {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `"redis://127.0.0.1:PORT/"`.
+    /// `"redis://127.0.0.1:PORT/"`, or for a TLS server `"rediss://HOST:PORT/"`, where
+    /// `HOST` is the first of its certificate's names (`127.0.0.1` by default).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        url(self.port, self.tls.as_ref())
+    }
+
+    /// The certificates of a server from [`RedisServer::start_tls`].
+    ///
+    /// # Panics
+    ///
+    /// If this server does not speak TLS.
+    pub fn pki(&self) -> &TestPki {
+        match &self.tls {
+            Some(tls) => &tls.pki,
+            None => panic!("redis-server on {} is not a tls server", self.addr()),
+        }
     }
 
     /// The pid of the current process, or of the last one if the server has been killed.
@@ -146,21 +196,15 @@ impl RedisServer {
     }
 
     /// A fresh connection without credentials, with a 2 s connect timeout and 2 s
-    /// read and write timeouts.
+    /// read and write timeouts. On a TLS server it trusts the server's CA and presents
+    /// the client certificate.
     ///
     /// # Panics
     ///
     /// If the server cannot be reached within the timeout.
     pub fn raw_connection(&self) -> redis::Connection {
-        let client = redis::Client::open(self.url())
-            .unwrap_or_else(|e| panic!("invalid Redis URL {}: {e}", self.url()));
-        let conn = client
-            .get_connection_with_timeout(CONNECTION_TIMEOUT)
-            .unwrap_or_else(|e| panic!("cannot connect to redis-server at {}: {e}", self.addr()));
-        conn.set_read_timeout(Some(CONNECTION_TIMEOUT))
-            .and_then(|()| conn.set_write_timeout(Some(CONNECTION_TIMEOUT)))
-            .unwrap_or_else(|e| panic!("cannot set timeouts on {}: {e}", self.addr()));
-        conn
+        connect(self.port, self.tls.as_ref(), CONNECTION_TIMEOUT)
+            .unwrap_or_else(|e| panic!("cannot connect to redis-server at {}: {e}", self.addr()))
     }
 
     /// Kills the process with SIGKILL and reaps it. Does nothing if it is already dead.
@@ -209,7 +253,13 @@ impl RedisServer {
     /// because another process has taken the port meanwhile).
     pub fn restart(&mut self) {
         self.kill();
-        match launch(self.port, self.dir.path(), &self.log_path, &self.extra_args) {
+        match launch(
+            self.port,
+            self.dir.path(),
+            &self.log_path,
+            &self.extra_args,
+            self.tls.as_ref(),
+        ) {
             Ok(child) => {
                 self.pid = child.id();
                 self.child = Some(child);
@@ -276,13 +326,29 @@ impl Drop for RedisServer {
 /// As [`RedisServer::start`].
 pub fn shared() -> Arc<RedisServer> {
     static SHARED: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
+    shared_in(&SHARED, RedisServer::start)
+}
+
+/// A TLS server (the default [`TlsSetup`]) shared as [`shared`] shares a plaintext one.
+///
+/// # Panics
+///
+/// As [`RedisServer::start_tls`].
+pub fn shared_tls() -> Arc<RedisServer> {
+    static SHARED: Mutex<Weak<RedisServer>> = Mutex::new(Weak::new());
+    shared_in(&SHARED, || {
+        RedisServer::start_tls(&TlsSetup::default(), &[])
+    })
+}
+
+fn shared_in(slot: &Mutex<Weak<RedisServer>>, start: fn() -> RedisServer) -> Arc<RedisServer> {
     // A test that panicked while starting poisons the lock; the next one should report
     // its own failure, not a poison error.
-    let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(server) = slot.upgrade() {
         return server;
     }
-    let server = Arc::new(RedisServer::start());
+    let server = Arc::new(start());
     *slot = Arc::downgrade(&server);
     server
 }
@@ -293,8 +359,22 @@ pub fn shared() -> Arc<RedisServer> {
 ///
 /// As [`RedisServer::start`]; the servers already started are then killed.
 pub fn cluster(n: usize) -> Vec<RedisServer> {
+    cluster_of(n, RedisServer::start)
+}
+
+/// `n` independent TLS servers (the default [`TlsSetup`]), started in parallel, each
+/// with a PKI of its own.
+///
+/// # Panics
+///
+/// As [`RedisServer::start_tls`]; the servers already started are then killed.
+pub fn cluster_tls(n: usize) -> Vec<RedisServer> {
+    cluster_of(n, || RedisServer::start_tls(&TlsSetup::default(), &[]))
+}
+
+fn cluster_of(n: usize, start: fn() -> RedisServer) -> Vec<RedisServer> {
     thread::scope(|scope| {
-        let handles: Vec<_> = (0..n).map(|_| scope.spawn(RedisServer::start)).collect();
+        let handles: Vec<_> = (0..n).map(|_| scope.spawn(start)).collect();
         handles
             .into_iter()
             .map(|h| {
@@ -303,6 +383,198 @@ pub fn cluster(n: usize) -> Vec<RedisServer> {
             })
             .collect()
     })
+}
+
+/// How [`RedisServer::start_tls`] sets a server up.
+#[derive(Debug, Clone)]
+pub struct TlsSetup {
+    /// `--tls-auth-clients yes`: the server refuses clients without a certificate signed
+    /// by its CA. Defaults to `false` (`--tls-auth-clients no`).
+    pub require_client_cert: bool,
+    /// The server certificate's subject alternative names, as `openssl` takes them.
+    /// Defaults to `IP:127.0.0.1,DNS:localhost`.
+    pub server_names: String,
+}
+
+impl Default for TlsSetup {
+    fn default() -> Self {
+        Self {
+            require_client_cert: false,
+            server_names: "IP:127.0.0.1,DNS:localhost".into(),
+        }
+    }
+}
+
+impl TlsSetup {
+    /// The default setup with `--tls-auth-clients yes`.
+    pub fn mutual() -> Self {
+        Self {
+            require_client_cert: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// A throwaway PKI made by `openssl` at test time: a CA (an EC P-256 key, valid for two
+/// days, its name unique), and a server and a client certificate that it signed. The
+/// fields are PEM.
+#[derive(Clone)]
+pub struct TestPki {
+    /// The CA's certificate.
+    pub ca: Vec<u8>,
+    /// The client certificate (extended key usage `clientAuth`).
+    pub client_cert: Vec<u8>,
+    /// The client certificate's private key (PKCS#8).
+    pub client_key: Vec<u8>,
+}
+
+impl fmt::Debug for TestPki {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestPki").finish_non_exhaustive()
+    }
+}
+
+/// The OpenSSL config that [`TestPki::generate`] makes its certificates with: one section
+/// of extensions each for the CA, the server and the client.
+const PKI_CONFIG: &str = "\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = lock-tests
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = ${ENV::LOCK_TESTS_SERVER_NAMES}
+[client]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+";
+
+impl TestPki {
+    /// A PKI of its own, not trusted by any server of the harness: its CA is an unknown
+    /// CA to every server, and its client certificate one that no server accepts.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start_tls`].
+    pub fn unrelated() -> Self {
+        let dir = TempDir::new();
+        Self::generate(dir.path(), &TlsSetup::default().server_names)
+    }
+
+    /// Writes `ca.crt`, `ca.key`, `server.crt`, `server.key`, `client.crt` and
+    /// `client.key` into `dir`.
+    fn generate(dir: &Path, server_names: &str) -> Self {
+        let config = dir.join("pki.cnf");
+        fs::write(&config, PKI_CONFIG)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
+        // Writes `<name>.crt` and `<name>.key`, signed by the CA unless it is the CA.
+        let openssl = |name: &str, subject: &str| {
+            let (cert, key) = (format!("{name}.crt"), format!("{name}.key"));
+            let mut cmd = Command::new("openssl");
+            cmd.args(["req", "-x509", "-config"])
+                .arg(&config)
+                .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+                .args([
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-extensions",
+                    name,
+                    "-subj",
+                    subject,
+                ])
+                .args(["-keyout", &key, "-out", &cert]);
+            if name != "ca" {
+                cmd.args(["-CA", "ca.crt", "-CAkey", "ca.key"]);
+            }
+            let output = cmd
+                .current_dir(dir)
+                .env("LOCK_TESTS_SERVER_NAMES", server_names)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| match e.kind() {
+                    ErrorKind::NotFound => panic!("{OPENSSL_NOT_FOUND}"),
+                    _ => panic!("cannot run openssl: {e}"),
+                });
+            assert!(
+                output.status.success(),
+                "openssl req for {cert} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        };
+        // A name of its own, or a client would take another PKI's CA for this one's
+        // issuer (and report a bad signature rather than an unknown issuer).
+        openssl(
+            "ca",
+            &format!("/CN=lock-tests ca {:016x}", rand::random::<u64>()),
+        );
+        openssl("server", "/CN=localhost");
+        openssl("client", "/CN=lock-tests client");
+        let read = |name: &str| {
+            let path = dir.join(name);
+            fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        };
+        Self {
+            ca: read("ca.crt"),
+            client_cert: read("client.crt"),
+            client_key: read("client.key"),
+        }
+    }
+}
+
+/// The TLS side of a server: its certificates (in its directory) and client policy.
+#[derive(Debug)]
+struct Tls {
+    pki: TestPki,
+    setup: TlsSetup,
+}
+
+impl Tls {
+    /// The host to reach the server by, so that its certificate names it.
+    fn host(&self) -> &str {
+        self.setup
+            .server_names
+            .split(',')
+            .next()
+            .and_then(|name| name.split_once(':'))
+            .map_or("127.0.0.1", |(_, host)| host.trim())
+    }
+
+    /// The arguments that make `port` the server's only port, for TLS, with the
+    /// certificates that [`TestPki::generate`] wrote into `dir`.
+    fn server_args(&self, port: u16, dir: &Path) -> Vec<String> {
+        let file = |name: &str| dir.join(name).display().to_string();
+        let auth = if self.setup.require_client_cert {
+            "yes"
+        } else {
+            "no"
+        };
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &file("server.crt"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.crt"),
+            "--tls-auth-clients",
+            auth,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
 }
 
 enum Failure {
@@ -332,9 +604,15 @@ impl Failure {
     }
 }
 
-/// Spawns `redis-server` on `port` and waits until it is ready. On failure the child
-/// has been reaped.
-fn launch(port: u16, dir: &Path, log_path: &Path, extra_args: &[String]) -> Result<Child, Failure> {
+/// Spawns `redis-server` on `port` (its TLS port with `tls`) and waits until it is ready.
+/// On failure the child has been reaped.
+fn launch(
+    port: u16,
+    dir: &Path,
+    log_path: &Path,
+    extra_args: &[String],
+    tls: Option<&Tls>,
+) -> Result<Child, Failure> {
     // The log is appended to across restarts; only this run's part counts.
     let log_start = fs::metadata(log_path).map_or(0, |m| m.len() as usize);
     // Config errors go to stderr before Redis opens its log file, so both go there.
@@ -346,9 +624,13 @@ fn launch(port: u16, dir: &Path, log_path: &Path, extra_args: &[String]) -> Resu
     let log_err = log
         .try_clone()
         .unwrap_or_else(|e| panic!("cannot duplicate handle of {}: {e}", log_path.display()));
+    let port_args = match tls {
+        None => vec!["--port".into(), port.to_string()],
+        Some(tls) => tls.server_args(port, dir),
+    };
     let mut child = Command::new("redis-server")
         .args(extra_args)
-        .args(["--port", &port.to_string()])
+        .args(port_args)
         .args([
             "--bind",
             "127.0.0.1",
@@ -383,7 +665,7 @@ fn launch(port: u16, dir: &Path, log_path: &Path, extra_args: &[String]) -> Resu
                 Failure::Exited(status)
             });
         }
-        if read_log(log_path, log_start).contains(READY_LINE) && answers_ping(port) {
+        if read_log(log_path, log_start).contains(READY_LINE) && answers_ping(port, tls) {
             return Ok(child);
         }
         if Instant::now() >= deadline {
@@ -422,27 +704,49 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot find a free port on 127.0.0.1: {e}"))
 }
 
-fn answers_ping(port: u16) -> bool {
-    let timeout = Duration::from_millis(200);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+fn url(port: u16, tls: Option<&Tls>) -> String {
+    match tls {
+        None => format!("redis://127.0.0.1:{port}/"),
+        Some(tls) => format!("rediss://{}:{port}/", tls.host()),
+    }
+}
+
+/// A connection without credentials (over TLS with `tls`), with `timeout` for connecting,
+/// reading and writing.
+fn connect(
+    port: u16,
+    tls: Option<&Tls>,
+    timeout: Duration,
+) -> redis::RedisResult<redis::Connection> {
+    let url = url(port, tls);
+    let client = match tls {
+        None => redis::Client::open(url)?,
+        Some(tls) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: Some(redis::ClientTlsConfig {
+                    client_cert: tls.pki.client_cert.clone(),
+                    client_key: tls.pki.client_key.clone(),
+                }),
+                root_cert: Some(tls.pki.ca.clone()),
+            },
+        )?,
+    };
+    let conn = client.get_connection_with_timeout(timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    Ok(conn)
+}
+
+/// Whether the server answers PING (or `-NOAUTH`, for a server that wants a password).
+fn answers_ping(port: u16, tls: Option<&Tls>) -> bool {
+    let Ok(mut conn) = connect(port, tls, Duration::from_millis(200)) else {
         return false;
     };
-    if stream.set_read_timeout(Some(timeout)).is_err()
-        || stream.set_write_timeout(Some(timeout)).is_err()
-        || stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err()
-    {
-        return false;
+    match redis::cmd("PING").query::<String>(&mut conn) {
+        Ok(reply) => reply == "PONG",
+        Err(e) => e.code() == Some("NOAUTH"),
     }
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 64];
-    while !reply.ends_with(b"\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => reply.extend_from_slice(&buf[..n]),
-        }
-    }
-    reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH")
 }
 
 fn read_log(log_path: &Path, from: usize) -> String {
@@ -495,6 +799,7 @@ impl Drop for TempDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{SocketAddr, TcpStream};
 
     fn ping(conn: &mut redis::Connection) -> redis::RedisResult<String> {
         redis::cmd("PING").query(conn)
@@ -671,6 +976,43 @@ mod tests {
             .get_connection_with_timeout(CONNECTION_TIMEOUT)
             .unwrap();
         assert_eq!(ping(&mut conn).unwrap(), "PONG");
+    }
+
+    #[test]
+    fn tls_server_answers_over_tls_only_and_restarts_as_one() {
+        let mut server = RedisServer::start_tls(&TlsSetup::mutual(), &[]);
+        assert_eq!(
+            server.url(),
+            format!("rediss://127.0.0.1:{}/", server.port())
+        );
+        assert_eq!(ping(&mut server.raw_connection()).unwrap(), "PONG");
+        let plain = redis::Client::open(format!("redis://{}/", server.addr()))
+            .unwrap()
+            .get_connection_with_timeout(CONNECTION_TIMEOUT)
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(CONNECTION_TIMEOUT))?;
+                ping(&mut c)
+            });
+        assert!(plain.is_err(), "plaintext PING answered: {plain:?}");
+        let pid = server.pid();
+        server.restart();
+        assert_ne!(server.pid(), pid);
+        assert_eq!(ping(&mut server.raw_connection()).unwrap(), "PONG");
+    }
+
+    #[test]
+    fn unrelated_pki_is_not_trusted_by_a_tls_server() {
+        let server = RedisServer::start_tls(&TlsSetup::default(), &[]);
+        let other = TestPki::unrelated();
+        assert_ne!(other.ca, server.pki().ca);
+        let tls = Tls {
+            pki: other,
+            setup: TlsSetup::default(),
+        };
+        let err = connect(server.port(), Some(&tls), CONNECTION_TIMEOUT)
+            .and_then(|mut c| ping(&mut c))
+            .unwrap_err();
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Secrets never leak: a run that fails in every way we can provoke (wrong password,
 //! refused connection, timeout, ACL permission errors, lost locks, failed releases on drop,
-//! bad URLs), with every log record captured and every value formatted with `{}` and
-//! `{:?}`, must show neither a password nor a whole lock token anywhere.
+//! bad URLs, TLS handshakes that fail and TLS options that are refused), with every log
+//! record captured and every value formatted with `{}` and `{:?}`, must show neither a
+//! password, nor a line of a TLS client key, nor a whole lock token anywhere.
 //!
 //! One test only: the logger is global to this binary.
 
@@ -12,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lock_core::{LockError, LockGuard, LockManager, LockOptions};
-use lock_redis::RedisBackend;
-use lock_tests::harness::RedisServer;
+use lock_core::{BackendErrorKind, LockError, LockGuard, LockManager, LockOptions};
+use lock_redis::{RedisBackend, RedisBackendBuilder};
+use lock_tests::harness::{RedisServer, TestPki, TlsSetup};
 use lock_tests::proxy::{Mode, Proxy};
 
 /// The password of the servers and users here (URL-safe as it is).
@@ -283,9 +284,76 @@ fn no_password_or_whole_token_in_any_log_line_or_formatted_value() {
         g.release().unwrap();
     }
 
+    // TLS: a mutual-TLS server with the password. Success first (also with the
+    // certificate checks off), then every handshake failure, side by side.
+    let tls_server = RedisServer::start_tls(&TlsSetup::mutual(), &["--requirepass", SECRET]);
+    let pki = tls_server.pki().clone();
+    let unrelated = TestPki::unrelated();
+    let mut tls_admin = tls_server.raw_connection();
+    redis::cmd("AUTH")
+        .arg(SECRET)
+        .query::<()>(&mut tls_admin)
+        .unwrap();
+    let tls_url = format!("rediss://:{SECRET}@{}/", tls_server.addr());
+    let with_cert = |b: RedisBackendBuilder| b.tls_client_cert(&pki.client_cert, &pki.client_key);
+    for b in [
+        with_cert(RedisBackend::builder(&tls_url).tls_root_ca(&pki.ca)),
+        with_cert(RedisBackend::builder(&tls_url).danger_accept_invalid_certs(true)),
+    ] {
+        let mgr = LockManager::new(build_for_debug(&mut seen, tls_timeouts(b)));
+        let g = mgr.lock(fresh()).unwrap();
+        seen.token_of(&mut tls_admin, &g);
+        drop(g);
+    }
+    for b in [
+        RedisBackend::builder(&format!("{tls_url}#insecure")),
+        RedisBackend::builder(&tls_url).tls_root_ca(b"-----BEGIN CERTIFICATE-----\n!\n"),
+        RedisBackend::builder(&tls_url).tls_client_cert(&pki.client_cert, SECRET),
+        RedisBackend::builder(&tls_url).tls_client_cert(&pki.client_cert, &unrelated.client_key),
+        RedisBackend::builder(&good_url).tls_root_ca(&pki.ca),
+    ] {
+        seen.debug(&b);
+        let err = b.build().unwrap_err();
+        assert_eq!(err.backend_kind(), Some(BackendErrorKind::Config), "{err}");
+        seen.error(&err);
+    }
+    let wrong_tls_url = format!("rediss://:{WRONG}@{}/", tls_server.addr());
+    let tls_failures = [
+        // Unknown CA (the system's trust store).
+        (
+            with_cert(RedisBackend::builder(&tls_url)),
+            BackendErrorKind::Tls,
+        ),
+        // No client certificate.
+        (
+            RedisBackend::builder(&tls_url).tls_root_ca(&pki.ca),
+            BackendErrorKind::Tls,
+        ),
+        // A client certificate the server does not trust.
+        (
+            RedisBackend::builder(&tls_url)
+                .tls_root_ca(&pki.ca)
+                .tls_client_cert(&unrelated.client_cert, &unrelated.client_key),
+            BackendErrorKind::Tls,
+        ),
+        // A wrong password over a good TLS connection.
+        (
+            with_cert(RedisBackend::builder(&wrong_tls_url).tls_root_ca(&pki.ca)),
+            BackendErrorKind::Auth,
+        ),
+        // Plaintext, with the password in it, to the TLS port.
+        (
+            RedisBackend::builder(&format!("redis://:{SECRET}@{}/", tls_server.addr())),
+            BackendErrorKind::Io,
+        ),
+        // TLS to a plaintext port: no TLS answer, or none in time.
+        (
+            RedisBackend::builder(&format!("rediss://:{SECRET}@{}/", server.addr())),
+            BackendErrorKind::Tls,
+        ),
+    ];
     // Wrong passwords, an unknown user, a refused connection, and bad URLs with a
     // password in them: each URL either fails to build, or every operation on it fails.
-    // The failing backends run side by side, as each call waits out its timeouts.
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -302,6 +370,8 @@ fn no_password_or_whole_token_in_any_log_line_or_formatted_value() {
         format!("redis://:{SECRET}@[::1/"),
         format!("redis://:{SECRET}@127.0.0.1:{closed_port}/0?protocol=resp9"),
         format!("rediss://:{SECRET}@127.0.0.1:{closed_port}/"),
+        format!("rediss://:{SECRET}@127.0.0.1:{closed_port}/#insecure"),
+        format!("rediss://:{SECRET}@127.0.0.1:{closed_port}/#{SECRET}"),
         format!("redis+unix:///nonexistent/redis.sock?pass={SECRET}"),
         format!("redis://:{SPECIAL}@127.0.0.1:{closed_port}/"),
         SECRET.to_owned(),
@@ -319,18 +389,32 @@ fn no_password_or_whole_token_in_any_log_line_or_formatted_value() {
         usable.len() >= 4,
         "the wrong-password and refused URLs build"
     );
+    // All the failing backends run side by side, as each call waits out its timeouts.
     let results: Vec<Seen> = thread::scope(|s| {
-        let handles: Vec<_> = usable
-            .iter()
-            .map(|url| {
-                s.spawn(move || {
-                    let mut seen = Seen::default();
-                    let mgr = LockManager::new(backend_for_debug(&mut seen, url));
-                    fail_everything(&mut seen, &mgr);
-                    seen
-                })
+        let plain = usable.iter().map(|url| {
+            s.spawn(move || {
+                let mut seen = Seen::default();
+                let mgr = LockManager::new(backend_for_debug(&mut seen, url));
+                fail_everything(&mut seen, &mgr);
+                seen
             })
-            .collect();
+        });
+        let tls = tls_failures.into_iter().map(|(b, kind)| {
+            s.spawn(move || {
+                let mut seen = Seen::default();
+                let mgr = LockManager::new(build_for_debug(&mut seen, tls_timeouts(b)));
+                let err = seen.fail("try_lock", mgr.try_lock(fresh()));
+                let got = err.backend_kind();
+                // TLS to a plaintext port may also time out (see tests/tests/tls.rs).
+                let timed_out = kind == BackendErrorKind::Tls
+                    && got == Some(BackendErrorKind::Timeout)
+                    && err.to_string().contains("tls handshake");
+                assert!(got == Some(kind) || timed_out, "expected {kind}: {err}");
+                fail_everything(&mut seen, &mgr);
+                seen
+            })
+        });
+        let handles: Vec<_> = plain.chain(tls).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for r in results {
@@ -346,6 +430,7 @@ fn no_password_or_whole_token_in_any_log_line_or_formatted_value() {
         "lost lock",
         "releasing on drop failed",
         "wake-up subscriber",
+        "tls certificate checks are off",
     ] {
         assert!(
             log.iter().any(|l| l.contains(expected)),
@@ -355,30 +440,65 @@ fn no_password_or_whole_token_in_any_log_line_or_formatted_value() {
     }
     assert!(seen.tokens.len() >= 8);
     let secrets = [SECRET, SPECIAL, SPECIAL_ENCODED, WRONG];
+    // Every line of the client keys' PEM but the BEGIN and END lines.
+    let key_lines: Vec<String> = [&pki.client_key, &unrelated.client_key]
+        .iter()
+        .flat_map(|pem| {
+            String::from_utf8_lossy(pem)
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(key_lines.len() >= 4);
     for line in log.iter().chain(&seen.shown) {
         for secret in secrets {
             assert!(!line.contains(secret), "{secret:?} shown in: {line}");
+        }
+        for key_line in &key_lines {
+            assert!(
+                !line.contains(key_line.as_str()),
+                "a client key line in: {line}"
+            );
         }
         for token in &seen.tokens {
             assert!(!line.contains(token.as_str()), "a whole token in: {line}");
         }
     }
     eprintln!(
-        "checked {} log lines and {} formatted values against {} passwords and {} tokens",
+        "checked {} log lines and {} formatted values against {} passwords, {} key lines \
+         and {} tokens",
         log.len(),
         seen.shown.len(),
         secrets.len(),
+        key_lines.len(),
         seen.tokens.len()
     );
 }
 
-/// A backend for `url`, its builder and itself recorded with `{:?}`.
+/// A backend for `url` with short timeouts, its builder and itself recorded with `{:?}`.
 fn backend_for_debug(seen: &mut Seen, url: &str) -> RedisBackend {
     let builder = RedisBackend::builder(url)
         .connect_timeout(ms(100))
         .read_timeout(ms(150))
         .write_timeout(ms(150))
         .checkout_timeout(ms(150));
+    build_for_debug(seen, builder)
+}
+
+/// Timeouts that leave a debug build's TLS handshakes (tens of ms each, more with the
+/// threads here side by side) the time to fail for their own reason, and a handshake that
+/// gets no answer the time to end within the checkout timeout, so its cause is reported.
+fn tls_timeouts(b: RedisBackendBuilder) -> RedisBackendBuilder {
+    b.connect_timeout(ms(300))
+        .read_timeout(ms(300))
+        .write_timeout(ms(300))
+        .checkout_timeout(ms(600))
+}
+
+/// `builder`'s backend, both recorded with `{:?}`.
+fn build_for_debug(seen: &mut Seen, builder: RedisBackendBuilder) -> RedisBackend {
     seen.debug(&builder);
     let backend = builder.build().unwrap();
     seen.debug(&backend);
