@@ -89,13 +89,10 @@ fn tls_failure(text: &str) -> Option<&'static str> {
 pub(crate) fn pool_error(addr: &str, e: &r2d2::Error) -> BackendError {
     let text = e.to_string();
     if let Some(hint) = tls_failure(&text) {
-        return Failed {
-            dropped: false,
-            error: BackendError::new(
-                BackendErrorKind::Tls,
-                format!("redis at {addr}: no connection: {text} ({hint})"),
-            ),
-        };
+        return BackendError::new(
+            BackendErrorKind::Tls,
+            format!("redis at {addr}: no connection: {text} ({hint})"),
+        );
     }
     let kind = if text.contains("WRONGPASS")
         || text.contains("NOAUTH")
