@@ -228,7 +228,10 @@ impl RedlockBuilder {
                         .connect_timeout(self.connect_timeout)
                         .read_timeout(self.node_timeout)
                         .write_timeout(self.node_timeout)
-                        .checkout_timeout(self.node_timeout);
+                        .checkout_timeout(self.node_timeout)
+                        // Waiting on Redlock polls the quorum; a release message per node
+                        // would cost every release and wake nobody.
+                        .wake_ups(false);
                     let backend = self.tls.apply(node).build().map_err(|e| match e {
                         LockError::Setup { source } => {
                             config(format!("node {} of the list: {source}", i + 1))
