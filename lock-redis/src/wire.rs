@@ -126,17 +126,19 @@ impl RedisBackend {
         }
     }
 
-    /// Reads one reply on `conn`; with a deadline, for no longer than until then (or
-    /// [`MIN_READ`] if it has passed: a read that times out is what tells `redis` to skip
-    /// the reply when it comes).
+    /// Reads one reply on `conn`; with a deadline, for no longer than until then, give or
+    /// take a tenth of the configured read timeout (or [`MIN_READ`] if it has passed: a
+    /// read that times out is what tells `redis` to skip the reply when it comes).
     fn read(&self, conn: &mut redis::Connection, deadline: Option<Instant>) -> Read {
         let mut restore = None;
         if let (Some(deadline), Some(configured)) = (deadline, self.read_timeout()) {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(MIN_READ);
-            // Within a millisecond of the usual timeout, save the two system calls.
-            if left + MIN_READ < configured && conn.set_read_timeout(Some(left)).is_ok() {
+            // Within a tenth of the usual timeout, save the two system calls: reading the
+            // next node right after the last one answered is the common case.
+            let slack = (configured / 10).max(MIN_READ);
+            if left + slack < configured && conn.set_read_timeout(Some(left)).is_ok() {
                 restore = Some(configured);
             }
         }
@@ -363,8 +365,8 @@ fn convert<T: redis::FromRedisValue>(backend: &RedisBackend, v: Value) -> Result
 
 /// Reading an [`InFlight`] operation's reply; implemented for each kind of operation.
 pub trait Finish<T> {
-    /// Reads the reply, waiting until `deadline` at most (give or take a millisecond;
-    /// `None`: the connection's own read timeout). A backend made by
+    /// Reads the reply, waiting until `deadline` at most, give or take a tenth of the
+    /// read timeout (`None`: the connection's own read timeout). A backend made by
     /// [`RedisBackend::from_pool`] keeps its pool's timeouts and ignores the deadline.
     fn finish(self, deadline: Option<Instant>) -> Outcome<T>;
 }

@@ -26,8 +26,8 @@
 //! to every node first, on an idle pooled connection of each, and only then reads the
 //! replies ([`RedisBackend::idle`](lock_redis::RedisBackend::idle)), so one lock costs
 //! about one round trip whatever N, with no hand-off between threads. It reads the nodes
-//! that answered quickest last time first, a node that is down last, and stops waiting as
-//! soon as the answers decide the call (the rest get 2 ms more). A node whose connections
+//! that answered quickest last time first and a node that is down last; once the answers
+//! decide the call, a node that is down gets 2 ms more, not the whole timeout. A node whose connections
 //! are all busy or not open yet, and nodes given as backends
 //! ([`RedlockBackend::builder_from_backends`]), are run by the node's worker threads
 //! instead, which also carry out everything the caller leaves behind: cleanups after a
@@ -170,9 +170,9 @@ const MAX_CLEANUP_WINDOW: Duration = Duration::from_secs(60);
 /// The first pause before a release is retried (doubling up to 1 s).
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 
-/// How long the caller still waits for the nodes it talks to directly once the answers
-/// have decided an operation: their replies have usually arrived by then, and a node this
-/// far behind is not worth waiting for (a late acquisition is released with the rest).
+/// How long the caller still waits for a node that is down (a probe) once the answers of
+/// the others have decided an operation: it is not worth the whole node timeout (a late
+/// acquisition is released with the rest).
 const GRACE: Duration = Duration::from_millis(2);
 
 /// Below this many remembered holds nothing is pruned.
@@ -520,7 +520,8 @@ impl Inner {
     }
 
     /// Reads the replies of `rest` after a decision: they have usually arrived together
-    /// with the deciding ones, and a node more than [`GRACE`] behind is not waited for.
+    /// with the deciding ones. A node that is down (this was its probe) is given
+    /// [`GRACE`] more, not the whole wait.
     fn read_rest<T>(
         &self,
         call: &Call<T>,
@@ -530,8 +531,10 @@ impl Inner {
     ) where
         InFlight<T>: Finish<T>,
     {
-        let until = late.min(deadline(Instant::now(), GRACE));
+        let grace = late.min(deadline(Instant::now(), GRACE));
         for flight in rest {
+            let down = self.nodes.get(flight.0).is_some_and(|n| n.rank().0);
+            let until = if down { grace } else { late };
             self.read_one(call, flight, (start, late, until), lates);
         }
     }
