@@ -195,6 +195,19 @@ impl RedisServer {
             .unwrap_or(0)
     }
 
+    /// `key`'s time to live in milliseconds by `PTTL` over a fresh raw connection: -2 if
+    /// there is no such key, -1 if it has no expiry.
+    ///
+    /// # Panics
+    ///
+    /// If the server cannot be reached or answers with an error.
+    pub fn pttl(&self, key: &str) -> i64 {
+        redis::cmd("PTTL")
+            .arg(key)
+            .query(&mut self.raw_connection())
+            .unwrap_or_else(|e| panic!("PTTL {key} on {}: {e}", self.addr()))
+    }
+
     /// A fresh connection without credentials, with a 2 s connect timeout and 2 s
     /// read and write timeouts. On a TLS server it trusts the server's CA and presents
     /// the client certificate.
