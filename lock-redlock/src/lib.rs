@@ -648,7 +648,7 @@ impl Inner {
             return;
         };
         let q = self.quorum;
-        let decided = |st: &CallState<bool>| st.tally(|d| *d).verdict(q).is_some();
+        let decided = |st: &CallState<bool>| st.tally(|d| *d).owned(q).is_some();
         let direct: Vec<usize> = flights.iter().map(|(i, _)| *i).collect();
         self.read_all(release, flights, (start, deadline(start, wait)), decided);
         // A node that failed to answer may still hold our key: its workers ask again.
@@ -864,10 +864,10 @@ impl LockBackend for RedlockBackend {
         inner.release_on(&release, targets, &hold, Some((start, inner.node_timeout)));
         let q = inner.quorum;
         let settled = release.settle(start, inner.node_timeout, |st| {
-            st.tally(|d| *d).verdict(q).is_some()
+            st.tally(|d| *d).owned(q).is_some()
         });
         let tally = settled.state.tally(|d| *d);
-        match tally.settle(q) {
+        match tally.settle_owned(q) {
             Verdict::Yes => Ok(true),
             Verdict::No => Ok(false),
             Verdict::Failed => Err(inner.failure(
@@ -901,10 +901,10 @@ impl LockBackend for RedlockBackend {
             }),
             Skip::IfLate(deadline(start, inner.node_timeout)),
             true,
-            |st| st.tally(Option::is_some).verdict(q).is_some(),
+            |st| st.tally(Option::is_some).owned(q).is_some(),
             |st, timed_out, elapsed| {
                 let tally = st.tally(Option::is_some);
-                match tally.settle(q) {
+                match tally.settle_owned(q) {
                     Verdict::Yes => {
                         // The lock lasts as long as its shortest-lived quorum node.
                         let shortest = st.values().min().unwrap_or(Duration::ZERO);
@@ -952,6 +952,24 @@ impl LockBackend for RedlockBackend {
             },
             None => (inner.n() - inner.quorum + 1, None),
         };
+        // Whether our token holds: a node that failed may still hold it (see
+        // `Tally::owned`). Whether anybody holds it is advisory ("an acquire now would
+        // fail"), so there contention-style verdicts do.
+        let owned = wire.is_some();
+        let verdict = move |t: &math::Tally| {
+            if owned {
+                t.owned(need)
+            } else {
+                t.verdict(need)
+            }
+        };
+        let settle = move |t: &math::Tally| {
+            if owned {
+                t.settle_owned(need)
+            } else {
+                t.settle(need)
+            }
+        };
         let (k, t) = (key.to_vec(), wire.clone());
         inner.fan_out(
             (Arc::new(move |b| b.inspect(&k, t.as_ref())), &|idle| {
@@ -963,12 +981,11 @@ impl LockBackend for RedlockBackend {
             // (up to the timeout), since how long it lasts depends on all their TTLs.
             |st| {
                 let tally = st.tally(Option::is_some);
-                tally.pending == 0
-                    || matches!(tally.verdict(need), Some(Verdict::No | Verdict::Failed))
+                tally.pending == 0 || matches!(verdict(&tally), Some(Verdict::No | Verdict::Failed))
             },
             |st, timed_out, _| {
                 let tally = st.tally(Option::is_some);
-                match tally.settle(need) {
+                match settle(&tally) {
                     Verdict::Yes => {
                         let left = st.values().collect();
                         Ok(quorum_remaining(left, need))

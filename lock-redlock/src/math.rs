@@ -123,13 +123,39 @@ impl Tally {
 
     /// The verdict once waiting is over: pending nodes count as failed.
     pub(crate) fn settle(&self, need: usize) -> Verdict {
-        let closed = Tally {
+        // With nothing pending one of the rules always applies (see the tests).
+        self.closed().verdict(need).unwrap_or(Verdict::Failed)
+    }
+
+    /// The verdict of an ownership check (release, extend, is-held), where "no" means "not
+    /// our key" and a node that failed may still hold our key: held if `need` nodes say
+    /// so, certainly not held only if too many say no for all the others to make up a
+    /// quorum, and otherwise, once nothing is pending, unknown (`Failed`). Unlike
+    /// [`verdict`](Tally::verdict), failures never turn into a "no".
+    pub(crate) fn owned(&self, need: usize) -> Option<Verdict> {
+        let spare = self.n().saturating_sub(need);
+        if self.yes >= need {
+            Some(Verdict::Yes)
+        } else if self.no > spare {
+            Some(Verdict::No)
+        } else if self.pending == 0 {
+            Some(Verdict::Failed)
+        } else {
+            None
+        }
+    }
+
+    /// [`owned`](Tally::owned) once waiting is over: pending nodes count as failed.
+    pub(crate) fn settle_owned(&self, need: usize) -> Verdict {
+        self.closed().owned(need).unwrap_or(Verdict::Failed)
+    }
+
+    fn closed(&self) -> Tally {
+        Tally {
             failed: self.failed + self.pending,
             pending: 0,
             ..*self
-        };
-        // With nothing pending one of the rules always applies (see the tests).
-        closed.verdict(need).unwrap_or(Verdict::Failed)
+        }
     }
 }
 
@@ -281,6 +307,19 @@ mod tests {
     /// pending nodes could still answer, and a complete tally always has one.
     #[test]
     fn early_verdicts_are_certain_and_complete_tallies_decide() {
+        check_verdicts(Tally::verdict, Tally::settle);
+    }
+
+    /// The same for ownership checks.
+    #[test]
+    fn early_ownership_verdicts_are_certain_and_complete_tallies_decide() {
+        check_verdicts(Tally::owned, Tally::settle_owned);
+    }
+
+    fn check_verdicts(
+        verdict: impl Fn(&Tally, usize) -> Option<Verdict>,
+        settle: impl Fn(&Tally, usize) -> Verdict,
+    ) {
         for n in 1..=9 {
             for need in 1..=n {
                 for yes in 0..=n {
@@ -293,7 +332,7 @@ mod tests {
                                 failed,
                                 pending,
                             };
-                            let early = t.verdict(need);
+                            let early = verdict(&t, need);
                             if pending == 0 {
                                 assert!(early.is_some(), "{t:?} need {need} undecided");
                             }
@@ -306,10 +345,10 @@ mod tests {
                                         no: no + pending - y - f,
                                         pending: 0,
                                     };
-                                    assert_eq!(done.verdict(need), Some(v), "{t:?} -> {done:?}");
+                                    assert_eq!(verdict(&done, need), Some(v), "{t:?} -> {done:?}");
                                 }
                             }
-                            assert_eq!(t.settle(need), v);
+                            assert_eq!(settle(&t, need), v);
                         }
                     }
                 }
@@ -337,5 +376,24 @@ mod tests {
         // Still open: the two pending nodes decide.
         assert_eq!(t(2, 1, 0, 2).verdict(3), None);
         assert_eq!(t(1, 1, 1, 2).verdict(3), None);
+    }
+
+    #[test]
+    fn a_failed_node_may_still_hold_our_key() {
+        let t = |yes, no, failed, pending| Tally {
+            yes,
+            no,
+            failed,
+            pending,
+        };
+        // Granted by three, two never had our key, one of the three does not answer: it
+        // may hold our key, so the release can tell neither "deleted" nor "not ours".
+        assert_eq!(t(2, 2, 1, 0).verdict(3), Some(Verdict::No));
+        assert_eq!(t(2, 2, 1, 0).owned(3), Some(Verdict::Failed));
+        assert_eq!(t(3, 2, 0, 0).owned(3), Some(Verdict::Yes));
+        // Three say "not ours": whatever the others hold, no quorum of ours is left.
+        assert_eq!(t(0, 3, 2, 0).owned(3), Some(Verdict::No));
+        assert_eq!(t(1, 3, 0, 1).owned(3), Some(Verdict::No));
+        assert_eq!(t(2, 2, 0, 1).owned(3), None);
     }
 }

@@ -14,7 +14,8 @@
 //! - **Clear, bounded errors.** Every `lock()` returns a guard, a timeout or a quorum error
 //!   naming every node, within [`lock_call_bound`]; every `release()` returns within
 //!   [`RELEASE_CALL_BOUND`]; a release never says "not held" of a lock that was still valid
-//!   (but see [`RELEASE_VERDICT_BUG_OPEN`]).
+//!   (a bug the churn found, pinned by
+//!   `a_release_that_cannot_reach_a_granting_node_is_not_reported_as_not_held`).
 //! - **Nothing left behind.** Once the partitions heal, every node's key is gone or expires
 //!   within the TTL; no thread panicked.
 //!
@@ -97,15 +98,6 @@ const GRACE: Duration = Duration::from_secs(2);
 const DEFAULT_SECS: u64 = 30;
 const SOAK_SECS: u64 = 300;
 
-/// **Known lock-redlock bug, open.** A release counts the nodes that never took our key
-/// (held by another, or skipped as down, at the acquire) as answering "not ours", so a
-/// valid lock whose granting nodes are partly unreachable is reported `NotHeld` ("it
-/// expired or was taken over") instead of an unknown outcome; `is_held` and `extend` share
-/// the rule and report such a lock lost. Pinned by
-/// `a_release_that_cannot_reach_a_granting_node_is_not_reported_as_not_held` (ignored
-/// while this is open). Until then the churn counts and prints these releases instead of
-/// failing on them; set this to `false` and un-ignore that test once it is fixed.
-const RELEASE_VERDICT_BUG_OPEN: bool = true;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -1066,17 +1058,11 @@ fn redlock_under_partition_churn_keeps_exclusion_and_liveness() {
             timeline_text(&timeline)
         );
     }
-    if RELEASE_VERDICT_BUG_OPEN {
-        for line in &log.wrong_not_held {
-            eprintln!("KNOWN BUG (RELEASE_VERDICT_BUG_OPEN): {line}");
-        }
-    } else {
-        assert!(
-            log.wrong_not_held.is_empty(),
-            "releases said \"not held\" of valid locks: {:#?}; {replay}",
-            log.wrong_not_held
-        );
-    }
+    assert!(
+        log.wrong_not_held.is_empty(),
+        "releases said \"not held\" of valid locks: {:#?}; {replay}",
+        log.wrong_not_held
+    );
 }
 
 // ---- what the churn found -----------------------------------------------------------------
@@ -1089,7 +1075,6 @@ fn redlock_under_partition_churn_keeps_exclusion_and_liveness() {
 /// down, when the lock was granted, and a partition then cut off two of the three that
 /// granted it.)
 #[test]
-#[ignore = "known lock-redlock bug (RELEASE_VERDICT_BUG_OPEN in this file): fails until fixed"]
 fn a_release_that_cannot_reach_a_granting_node_is_not_reported_as_not_held() {
     let nodes = cluster(NODES);
     let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
