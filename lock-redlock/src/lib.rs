@@ -66,11 +66,12 @@
 //!   failed than a quorum can spare (so nobody can lock), or when the quorum came too
 //!   late for the TTL. The message names every node's address (never a password) and its
 //!   outcome: acquired, held by another, error (with the node's error), timeout, not sent.
-//! - **A failing node is left alone for a while**: after an error or a timeout, acquire,
-//!   extend and inspect fail on it at once instead of waiting out its timeout again,
-//!   except one probe per backoff period (the node timeout, doubling up to 1 s); its first
-//!   answer brings it back, and [`health_check`](LockBackend::health_check) asks every
-//!   node, so it re-admits recovered nodes at once. Releases always go out.
+//! - **A failing node is left alone until it answers again**: after an error or a
+//!   timeout, acquire, extend and inspect fail on it at once instead of waiting out its
+//!   timeout again, and one of its workers pings it (after the node timeout, then
+//!   doubling up to 1 s), so no caller pays for the probing. Its first answer (to a ping,
+//!   a release, or [`health_check`](LockBackend::health_check), which asks every node)
+//!   brings it back. Releases always go out.
 //! - **Release** goes to every node that may hold the key and reports `true` when a
 //!   quorum deleted it, i.e. the lock was still ours by the Redlock rule; `false` when it
 //!   had expired or been taken over; an error when too many nodes failed to tell.
@@ -170,9 +171,9 @@ const MAX_CLEANUP_WINDOW: Duration = Duration::from_secs(60);
 /// The first pause before a release is retried (doubling up to 1 s).
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 
-/// How long the caller still waits for a node that is down (a probe) once the answers of
-/// the others have decided an operation: it is not worth the whole node timeout (a late
-/// acquisition is released with the rest).
+/// How long the caller still waits for a node that is down (a release or health check
+/// still goes to it) once the answers of the others have decided the operation: it is
+/// not worth the whole node timeout.
 const GRACE: Duration = Duration::from_millis(2);
 
 /// Below this many remembered holds nothing is pruned.
@@ -520,8 +521,8 @@ impl Inner {
     }
 
     /// Reads the replies of `rest` after a decision: they have usually arrived together
-    /// with the deciding ones. A node that is down (this was its probe) is given
-    /// [`GRACE`] more, not the whole wait.
+    /// with the deciding ones. A node that is down is given [`GRACE`] more, not the
+    /// whole wait.
     fn read_rest<T>(
         &self,
         call: &Call<T>,

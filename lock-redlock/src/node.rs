@@ -17,8 +17,8 @@ use lock_core::{BackendError, BackendErrorKind, LockBackend};
 use lock_redis::RedisBackend;
 use parking_lot::{Condvar, Mutex};
 
-/// The longest a node that keeps failing is left alone between two probes, and the
-/// longest pause between two retries of a cleanup: 1 s.
+/// The longest pause between two pings of a node that is down, and between two retries
+/// of a cleanup: 1 s.
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Most cleanups waiting for a retry on one node; beyond, their keys are left to expire.
 const MAX_RETRIES: usize = 4096;
@@ -117,13 +117,14 @@ impl Queue {
 }
 
 /// A node that failed is "down": new operations that can do without it (acquire, extend,
-/// inspect) fail at once instead of queueing behind its timeouts, except one probe per
-/// backoff period, which goes through. Its first answer brings it back.
+/// inspect) fail at once instead of waiting out its timeouts. Meanwhile one of its workers
+/// pings it, after the first backoff and then doubling it up to 1 s, so no caller pays
+/// for finding out; the first answer (to a ping, a release or a health check) brings it
+/// back.
 #[derive(Default)]
 struct Health {
     down_since: Option<Instant>,
     backoff: Duration,
-    next_probe: Option<Instant>,
     /// How long its last direct answer took: the caller reads the quickest nodes first.
     latency: Duration,
 }
@@ -139,28 +140,56 @@ impl Shared {
                     since.elapsed()
                 );
             }
-            h.next_probe = None;
             return;
         }
-        let now = Instant::now();
-        h.backoff = match h.down_since {
-            None => {
-                log::warn!(
-                    "redlock node {} failed; counting it as down until a probe answers",
-                    self.addr
-                );
-                h.down_since = Some(now);
-                self.first_backoff
+        if h.down_since.is_some() {
+            return;
+        }
+        log::warn!(
+            "redlock node {} failed; counting it as down until it answers a ping",
+            self.addr
+        );
+        h.down_since = Some(Instant::now());
+        h.backoff = self.first_backoff;
+        drop(h);
+        self.ping_later(self.first_backoff);
+    }
+
+    /// Pings the node from a worker after `delay`, and again (backing off) until it
+    /// answers, while it is down and the node is in use.
+    fn ping_later(&self, delay: Duration) {
+        let job: Job = Box::new(|worker| {
+            let shared = worker.shared;
+            if shared.health.lock().down_since.is_none() {
+                return;
             }
-            Some(_) => (h.backoff * 2).min(MAX_BACKOFF),
-        };
-        h.next_probe = now.checked_add(h.backoff);
+            let answer = worker.backend.health_check();
+            shared.record(answer.is_ok());
+            if answer.is_err() {
+                let backoff = {
+                    let mut h = shared.health.lock();
+                    h.backoff = (h.backoff * 2).min(MAX_BACKOFF);
+                    h.backoff
+                };
+                shared.ping_later(backoff);
+            }
+        });
+        let mut q = self.queue.lock();
+        if q.closed {
+            return;
+        }
+        let due = Instant::now()
+            .checked_add(delay)
+            .unwrap_or_else(Instant::now);
+        q.retries.push((due, job));
+        drop(q);
+        self.ready.notify_one();
     }
 }
 
 impl Node {
-    /// Starts `workers` threads for `backend`. A node that fails is left alone for
-    /// `first_backoff`, doubling up to 1 s while it keeps failing.
+    /// Starts `workers` threads for `backend`. A node that fails is pinged after
+    /// `first_backoff`, then backing off (doubling up to 1 s) until it answers.
     pub(crate) fn start(
         index: usize,
         addr: String,
@@ -203,7 +232,7 @@ impl Node {
 
     /// Queues `job`. Refuses it, having sent nothing, if the node is overloaded (so many
     /// operations queued that a new one could not run within any sensible timeout), or
-    /// (when `gated`) the node is down and no probe is due.
+    /// (when `gated`) the node is down.
     pub(crate) fn submit(&self, job: Job, gated: bool) -> Result<(), BackendError> {
         if gated {
             self.admit()?;
@@ -224,28 +253,22 @@ impl Node {
 }
 
 impl Node {
-    /// The health gate: `Err` if the node is down and no probe is due, so an operation
-    /// that can do without it fails at once; otherwise it may be sent (as the probe, if
-    /// the node is down).
+    /// The health gate: `Err` if the node is down, so an operation that can do without
+    /// it fails at once (its workers ping it until it answers).
     pub(crate) fn admit(&self) -> Result<(), BackendError> {
-        let mut h = self.shared.health.lock();
-        if let (Some(since), Some(probe)) = (h.down_since, h.next_probe) {
-            let now = Instant::now();
-            if now < probe {
-                return Err(BackendError::new(
-                    BackendErrorKind::Io,
-                    format!(
-                        "node {} is down (failing for {:?}, next probe in {:?})",
-                        self.addr,
-                        now.saturating_duration_since(since),
-                        probe.saturating_duration_since(now)
-                    ),
-                ));
-            }
-            // This one is the probe; the next waits for its outcome or the backoff.
-            h.next_probe = now.checked_add(h.backoff);
+        let h = self.shared.health.lock();
+        match h.down_since {
+            Some(since) => Err(BackendError::new(
+                BackendErrorKind::Io,
+                format!(
+                    "node {} is down (failing for {:?}; pinged every {:?} until it answers)",
+                    self.addr,
+                    since.elapsed(),
+                    h.backoff
+                ),
+            )),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Notes whether the node answered an operation the caller ran directly.

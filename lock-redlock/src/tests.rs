@@ -560,7 +560,7 @@ fn passwords_never_show() {
 }
 
 #[test]
-fn a_failing_node_is_left_alone_until_a_probe_answers() {
+fn a_failing_node_is_left_alone_until_it_answers_a_ping() {
     let ns = nodes(3);
     // A node found failing is left alone for the node timeout (here 200 ms) at first.
     let b = redlock_with(&ns, ms(200));
@@ -584,13 +584,32 @@ fn a_failing_node_is_left_alone_until_a_probe_answers() {
             .contains("mem2: not sent (i/o error: node mem2 is down"),
         "{err}"
     );
-    // Healed, it is used again once a probe (or a health check) gets an answer.
+    // Healed, it is used again once it answers: a health check asks every node at once.
     ns[1].heal();
     ns[2].heal();
     b.health_check().unwrap();
     let t = Token::generate();
     b.try_acquire(&k, &t, ms(1000)).unwrap().unwrap();
     eventually("node 2 takes part again", || ns[2].held(&k));
+    b.release(&k, &t).unwrap();
+    // Without one, its workers' pings find out: failing again, it is down at once...
+    ns[2].fail.store(true, Ordering::SeqCst);
+    let t = Token::generate();
+    b.try_acquire(&k, &t, ms(1000)).unwrap().unwrap();
+    b.release(&k, &t).unwrap();
+    ns[2].heal();
+    let t = Token::generate();
+    b.try_acquire(&k, &t, ms(1000)).unwrap().unwrap();
+    assert!(!ns[2].held(&k), "a node that is down was sent an acquire");
+    b.release(&k, &t).unwrap();
+    // ...and back within a ping or two (the first after 200 ms), with no caller asking.
+    eventually("node 2 is pinged back in", || {
+        let t = Token::generate();
+        b.try_acquire(&k, &t, ms(1000)).unwrap().unwrap();
+        let back = ns[2].held(&k);
+        b.release(&k, &t).unwrap();
+        back
+    });
 }
 
 /// The manager retries with the same token. An earlier attempt's cleanup that is still

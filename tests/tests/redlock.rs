@@ -266,7 +266,7 @@ fn majority_killed_every_acquire_is_a_quorum_error_in_bounded_time() {
         victim.kill();
     }
     // The first call meets the failures; later ones know the nodes are down and do not
-    // send to them (one probe per backoff period aside).
+    // send to them (their workers ping them instead).
     let first = mgr.try_lock(fresh_name()).unwrap_err();
     assert_names_outcomes(
         &first.to_string(),
@@ -381,7 +381,7 @@ fn paused_minority_costs_nothing_and_late_replies_change_nothing() {
         assert!(!mgr.is_locked(name).unwrap());
     }
     // And every node takes part again (a health check re-admits nodes at once; without
-    // it, the next probe would, within a second).
+    // it, the next ping would, within a second).
     mgr.health_check().unwrap();
     let g = mgr.lock(&names[0]).unwrap();
     let key = format!("lock:{}", names[0]);

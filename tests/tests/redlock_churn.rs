@@ -88,16 +88,16 @@ const ENTRY_MARGIN: Duration = Duration::from_millis(250);
 const ERROR_PAUSE_MS: std::ops::RangeInclusive<u64> = 10..=30;
 const WINDOW: Duration = Duration::from_secs(5);
 /// How long a node must have been reachable to count as usable. After a partition heals a
-/// node may still be skipped as down (its backoff grows to 1 s, and one probe per backoff
-/// period brings it back), and it may hold keys for up to the TTL: commands held in the
-/// blackhole are delivered on healing, so acquisitions that had been given up run then,
-/// and the releases of holders that gave up while it was unreachable stopped being retried
-/// after a TTL. Both run out 1 s after healing; the rest is a probe's round trip and slack.
+/// node may still be skipped as down (its workers ping it, backing off up to 1 s, and the
+/// first answer brings it back), and it may hold keys for up to the TTL: commands held in
+/// the blackhole are delivered on healing, so acquisitions that had been given up run
+/// then, and the releases of holders that gave up while it was unreachable stopped being
+/// retried after a TTL. Both run out 1 s after healing; the rest is a ping's round trip and
+/// slack.
 /// A window counts only if a majority was usable throughout it.
 const GRACE: Duration = Duration::from_secs(2);
 const DEFAULT_SECS: u64 = 30;
 const SOAK_SECS: u64 = 300;
-
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
