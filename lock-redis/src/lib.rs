@@ -18,6 +18,14 @@
 //! SHA (`EVALSHA`, with a `SCRIPT LOAD` only after `NOSCRIPT`). Lock names only ever travel
 //! as script keys, never spliced into Lua.
 //!
+//! Every operation comes in two halves, for callers that talk to several servers at once
+//! (Redlock): [`RedisBackend::idle`] takes an idle pooled connection, its [`Idle`] methods
+//! write one command and return an [`InFlight`] operation, and [`Finish::finish`] reads the
+//! reply, waiting no longer than a deadline; an operation whose reply did not come in time
+//! is [`Late`], and [`Late::release`] undoes a late acquisition on the same connection, so
+//! the server runs the release after it. The [`LockBackend`] methods run both halves back
+//! to back.
+//!
 //! Keys: the lock itself at `<prefix><name>` (the manager's prefix, `lock:` by default)
 //! and its fencing counter at `<fencing prefix><prefix><name>` (`fence:lock:<name>` by
 //! default). Counters are kept after release so fencing tokens only grow; they cost one

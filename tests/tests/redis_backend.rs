@@ -186,3 +186,102 @@ fn bad_urls_are_setup_errors() {
         .build()
         .is_err());
 }
+
+/// The two halves Redlock uses: a reply cut off at the deadline leaves the operation in
+/// flight; the release sent behind it on the same connection runs after it once the server
+/// is back, so nothing is left behind, and the connection's next users get their own
+/// answers (the late reply is skipped, never taken for a later one).
+#[test]
+fn a_late_acquire_is_undone_behind_itself_and_its_reply_never_answers_anything_else() {
+    use lock_core::{LockBackend, Token};
+    use lock_redis::{Finish, Outcome};
+    let server = RedisServer::start();
+    let b = RedisBackend::builder(&server.url())
+        .pool_size(1)
+        .read_timeout(Duration::from_secs(2))
+        .wake_ups(false)
+        .build()
+        .unwrap();
+    // Loads the scripts: a late EVALSHA the server did not know would never take effect.
+    warm_up(&b);
+    let key = format!("lock:{}", fresh());
+    let token = Token::generate();
+    let idle = b.idle().expect("the warm-up left an idle connection");
+    assert!(b.idle().is_none(), "a pool of one has nothing else idle");
+    server.pause();
+    let start = Instant::now();
+    let deadline = start + Duration::from_millis(100);
+    let late = match idle
+        .acquire(key.as_bytes(), &token, Duration::from_secs(30))
+        .finish(Some(deadline))
+    {
+        Outcome::Late(late) => late,
+        Outcome::Answered(r) => panic!("a paused server answered: {r:?}"),
+    };
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    // The deadline is kept to a tenth of the read timeout, plus scheduling.
+    assert!(waited < Duration::from_millis(400), "{waited:?}");
+    assert_eq!(late.error().kind(), BackendErrorKind::Timeout);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            server.resume();
+        });
+        // Runs after the acquire: it finds our key and deletes it.
+        assert!(late.release(key.as_bytes(), &token).unwrap());
+    });
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query(&mut server.raw_connection())
+        .unwrap();
+    assert_eq!(exists, 0, "the late acquire left its key");
+    // The one pooled connection carried the late reply; its next users see their own.
+    b.ping().unwrap();
+    let other = Token::generate();
+    assert!(b
+        .try_acquire(key.as_bytes(), &other, Duration::from_secs(30))
+        .unwrap()
+        .is_some());
+    assert!(b.inspect(key.as_bytes(), Some(&token)).unwrap().is_none());
+    assert!(b.inspect(key.as_bytes(), Some(&other)).unwrap().is_some());
+    assert!(b.release(key.as_bytes(), &other).unwrap());
+}
+
+/// A late reply on a connection that goes straight back to the pool is skipped too.
+#[test]
+fn a_dropped_late_operation_leaves_its_connection_in_step() {
+    use lock_core::{LockBackend, Token};
+    use lock_redis::{Finish, Outcome};
+    let server = RedisServer::start();
+    let b = RedisBackend::builder(&server.url())
+        .pool_size(1)
+        .wake_ups(false)
+        .build()
+        .unwrap();
+    warm_up(&b);
+    let key = format!("lock:{}", fresh());
+    let token = Token::generate();
+    server.pause();
+    let flight = b
+        .idle()
+        .unwrap()
+        .acquire(key.as_bytes(), &token, Duration::from_secs(30));
+    let outcome = flight.finish(Some(Instant::now() + Duration::from_millis(50)));
+    assert!(matches!(outcome, Outcome::Late(_)), "{outcome:?}");
+    drop(outcome);
+    server.resume();
+    // The same (only) connection: the late acquire's fencing counter is not a PONG.
+    b.ping().unwrap();
+    assert!(b.inspect(key.as_bytes(), Some(&token)).unwrap().is_some());
+}
+
+/// One lock and release, so the connection is open and the scripts are loaded.
+fn warm_up(b: &RedisBackend) {
+    use lock_core::{LockBackend, Token};
+    let (key, token) = (format!("lock:{}", fresh()), Token::generate());
+    b.try_acquire(key.as_bytes(), &token, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
+    assert!(b.release(key.as_bytes(), &token).unwrap());
+}
