@@ -190,9 +190,23 @@ fn own_pool(connector: &Connector, size: u32, checkout_timeout: Duration) -> Poo
 #[derive(Clone)]
 pub(crate) struct Connector {
     client: redis::Client,
-    connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
     write_timeout: Duration,
+}
+
+impl Connector {
+    /// A new connection, outside the pool, giving up after `timeout` (at most the
+    /// connect timeout).
+    pub(crate) fn connect_within(&self, timeout: Duration) -> RedisResult<redis::Connection> {
+        let conn = self
+            .client
+            .get_connection_with_timeout(timeout.min(self.connect_timeout))
+            .map_err(|e| tls::explain_connect_failure(&self.client, e))?;
+        conn.set_read_timeout(Some(self.read_timeout))?;
+        conn.set_write_timeout(Some(self.write_timeout))?;
+        Ok(conn)
+    }
 }
 
 impl r2d2::ManageConnection for Connector {
@@ -200,13 +214,7 @@ impl r2d2::ManageConnection for Connector {
     type Error = redis::RedisError;
 
     fn connect(&self) -> RedisResult<redis::Connection> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)
-            .map_err(|e| tls::explain_connect_failure(&self.client, e))?;
-        conn.set_read_timeout(Some(self.read_timeout))?;
-        conn.set_write_timeout(Some(self.write_timeout))?;
-        Ok(conn)
+        self.connect_within(self.connect_timeout)
     }
 
     fn is_valid(&self, conn: &mut redis::Connection) -> RedisResult<()> {

@@ -18,10 +18,12 @@ use crate::{error, millis, scripts, wake, Pool, RedisBackend};
 /// The shortest read timeout a socket takes; a read cut at a deadline waits at least this.
 const MIN_READ: Duration = Duration::from_millis(1);
 
-/// A pooled connection from either kind of pool.
+/// A pooled connection from either kind of pool, or one opened outside our pool for a
+/// single command.
 pub(crate) enum Conn {
     Own(r2d2::PooledConnection<crate::Connector>),
     Given(r2d2::PooledConnection<redis::Client>),
+    Single(Box<redis::Connection>),
 }
 
 impl Conn {
@@ -29,6 +31,7 @@ impl Conn {
         match self {
             Conn::Own(c) => c,
             Conn::Given(c) => c,
+            Conn::Single(c) => c,
         }
     }
 }
@@ -155,16 +158,27 @@ impl RedisBackend {
 }
 
 impl Sent {
-    /// Writes the command again on a fresh pooled connection.
+    /// Writes the command again on a fresh connection opened for it alone: the other idle
+    /// connections in the pool may have broken the same way (a server restart), and a
+    /// server that refuses connections fails it at once (the pool would keep trying until
+    /// its checkout timeout).
     fn resend(
         &mut self,
         backend: &RedisBackend,
         deadline: Option<Instant>,
     ) -> redis::RedisResult<()> {
         self.tries += 1;
-        self.conn = backend
-            .checkout(deadline)
-            .map_err(|e| RedisError::from((ErrorKind::Io, "no fresh connection", e.to_string())))?;
+        self.conn = match &backend.inner.pool {
+            Pool::Own(_, connector) => {
+                let wait = deadline.map_or(connector.connect_timeout, |d| {
+                    d.saturating_duration_since(Instant::now()).max(MIN_READ)
+                });
+                Conn::Single(Box::new(connector.connect_within(wait)?))
+            }
+            Pool::Given(_) => backend.checkout(deadline).map_err(|e| {
+                RedisError::from((ErrorKind::Io, "no fresh connection", e.to_string()))
+            })?,
+        };
         self.conn.get().send_packed_command(&self.packed)
     }
 

@@ -229,7 +229,8 @@ fn minority_killed_mid_run_keeps_exclusion() {
 
 /// Every acquire on a cluster that lost its majority is a quorum error, never a guard,
 /// within the node timeout plus slack; several threads at once, none hangs.
-fn assert_quorum_errors(mgr: &LockManager, bound: Duration) {
+fn assert_quorum_errors(mgr: &LockManager, bound: Duration, what: &str) {
+    let all = Mutex::new(Vec::new());
     thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
@@ -237,6 +238,7 @@ fn assert_quorum_errors(mgr: &LockManager, bound: Duration) {
                     let start = Instant::now();
                     let r = mgr.lock_with(fresh_name(), LockOptions::new().wait(Some(ms(2000))));
                     let took = start.elapsed();
+                    all.lock().unwrap().push(took);
                     let err = r.expect_err("a guard without a quorum");
                     assert_eq!(err.backend_kind(), Some(BackendErrorKind::Quorum), "{err}");
                     assert!(
@@ -251,6 +253,13 @@ fn assert_quorum_errors(mgr: &LockManager, bound: Duration) {
             });
         }
     });
+    let mut all = all.into_inner().unwrap();
+    all.sort();
+    eprintln!(
+        "failed acquires with {what}: p50 {:?}, slowest {:?}",
+        all[all.len() / 2],
+        all[all.len() - 1]
+    );
 }
 
 /// The bound on a failed acquire: the node timeout (50 ms) plus 150 ms of slack for a
@@ -267,13 +276,18 @@ fn majority_killed_every_acquire_is_a_quorum_error_in_bounded_time() {
     }
     // The first call meets the failures; later ones know the nodes are down and do not
     // send to them (their workers ping them instead).
+    let start = Instant::now();
     let first = mgr.try_lock(fresh_name()).unwrap_err();
+    eprintln!(
+        "first failed acquire with 3 of 5 nodes killed: {:?}",
+        start.elapsed()
+    );
     assert_names_outcomes(
         &first.to_string(),
         &nodes,
         &[": error", ": timeout", ": not sent"],
     );
-    assert_quorum_errors(&mgr, FAILED_ACQUIRE_BOUND);
+    assert_quorum_errors(&mgr, FAILED_ACQUIRE_BOUND, "3 of 5 nodes killed");
     let later = mgr.try_lock(fresh_name()).unwrap_err();
     assert_names_outcomes(
         &later.to_string(),
@@ -309,18 +323,16 @@ fn majority_paused_every_acquire_is_a_quorum_error_and_leaves_nothing() {
     let paused = Paused::new(&nodes[..3]);
     let start = Instant::now();
     let err = mgr.try_lock(&name).unwrap_err();
-    assert!(
-        start.elapsed() <= FAILED_ACQUIRE_BOUND,
-        "{:?}",
-        start.elapsed()
-    );
+    let took = start.elapsed();
+    eprintln!("first failed acquire with 3 of 5 nodes paused: {took:?}");
+    assert!(took <= FAILED_ACQUIRE_BOUND, "{took:?}");
     // A paused node either times out, or fails to give a pooled connection in time.
     assert_names_outcomes(
         &err.to_string(),
         &nodes,
         &[": timeout (no answer within 50ms)", ": error (timed out"],
     );
-    assert_quorum_errors(&mgr, FAILED_ACQUIRE_BOUND);
+    assert_quorum_errors(&mgr, FAILED_ACQUIRE_BOUND, "3 of 5 nodes paused");
     drop(paused);
     // The paused nodes now run the acquisitions they had received, then the releases
     // queued behind them: nothing of ours survives, and the lock is free.
