@@ -275,6 +275,15 @@ pub enum Outcome<T> {
 }
 
 impl<T> Outcome<T> {
+    /// Hands `f` the answer as the memory of held keys learns from it: a late operation
+    /// is a timeout.
+    fn seen(&self, f: impl FnOnce(&Result<T, BackendError>)) {
+        match self {
+            Outcome::Answered(r) => f(r),
+            Outcome::Late(l) => f(&Err(l.timeout())),
+        }
+    }
+
     /// The answer; a late operation is a [`BackendErrorKind::Timeout`] error.
     pub fn into_result(self) -> Result<T, BackendError> {
         match self {
@@ -409,15 +418,7 @@ impl Finish<Option<Acquired>> for InFlight<Option<Acquired>> {
             Some(wake),
         ) = (self.after, &self.backend.inner.wake)
         {
-            let late;
-            let seen = match &outcome {
-                Outcome::Answered(r) => r,
-                Outcome::Late(l) => {
-                    late = Err(l.timeout());
-                    &late
-                }
-            };
-            wake.after_acquire(&key, &token, attempt, seen);
+            outcome.seen(|seen| wake.after_acquire(&key, &token, attempt, seen));
         }
         outcome
     }
@@ -475,15 +476,7 @@ impl Finish<Option<Duration>> for InFlight<Option<Duration>> {
         if let (After::Extend { key, token, start }, Some(wake)) =
             (&self.after, &self.backend.inner.wake)
         {
-            let late;
-            let seen = match &outcome {
-                Outcome::Answered(r) => r,
-                Outcome::Late(l) => {
-                    late = Err(l.timeout());
-                    &late
-                }
-            };
-            wake.extended(key, token, *start, seen);
+            outcome.seen(|seen| wake.extended(key, token, *start, seen));
         }
         outcome
     }
@@ -559,6 +552,14 @@ impl RedisBackend {
         )
     }
 
+    /// With wake-ups, the arguments that make a release script publish the release: the
+    /// channel and this backend's origin id.
+    fn announce(&self, cmd: &mut redis::Cmd) {
+        if let Some(w) = &self.inner.wake {
+            cmd.arg(w.channel.as_slice()).arg(w.origin.as_slice());
+        }
+    }
+
     pub(crate) fn start_release(
         &self,
         conn: Option<Conn>,
@@ -567,9 +568,7 @@ impl RedisBackend {
     ) -> InFlight<bool> {
         let mut cmd = scripts::evalsha(&scripts::RELEASE, &[key]);
         cmd.arg(token.as_bytes());
-        if let Some(w) = &self.inner.wake {
-            cmd.arg(w.channel.as_slice()).arg(w.origin.as_slice());
-        }
+        self.announce(&mut cmd);
         self.start(
             &cmd,
             Some(&scripts::RELEASE),
@@ -631,9 +630,7 @@ impl RedisBackend {
 
     pub(crate) fn start_force_release(&self, conn: Option<Conn>, key: &[u8]) -> InFlight<bool> {
         let mut cmd = scripts::evalsha(&scripts::FORCE_RELEASE, &[key]);
-        if let Some(w) = &self.inner.wake {
-            cmd.arg(w.channel.as_slice()).arg(w.origin.as_slice());
-        }
+        self.announce(&mut cmd);
         self.start(
             &cmd,
             Some(&scripts::FORCE_RELEASE),

@@ -39,23 +39,16 @@ impl Worker<'_> {
         self.shared.record(answer.is_ok());
     }
 
-    /// Runs `job` on this node again after `delay`.
+    /// Runs the cleanup `job` on this node again after `delay`, even once the node is no
+    /// longer in use.
     pub(crate) fn retry_later(&self, delay: Duration, job: Job) {
-        let mut q = self.shared.queue.lock();
-        if q.retries.len() >= MAX_RETRIES {
+        if !self.shared.run_later(delay, job, true) {
             log::warn!(
                 "redlock node {}: too many cleanups waiting for a retry; this key is left \
                  to expire by its ttl",
                 self.shared.addr
             );
-            return;
         }
-        let due = Instant::now()
-            .checked_add(delay)
-            .unwrap_or_else(Instant::now);
-        q.retries.push((due, job));
-        drop(q);
-        self.shared.ready.notify_one();
     }
 
     /// The node's address, for messages.
@@ -174,9 +167,20 @@ impl Shared {
                 shared.ping_later(backoff);
             }
         });
+        self.run_later(delay, job, false);
+    }
+
+    /// Queues `job` to run after `delay`. A `cleanup` still runs once the node is no
+    /// longer in use, but only so many wait at once; a ping (one at a time per node) is
+    /// not limited, and only runs while the node is in use. `false` if it was not queued.
+    fn run_later(&self, delay: Duration, job: Job, cleanup: bool) -> bool {
         let mut q = self.queue.lock();
-        if q.closed {
-            return;
+        let refused = match cleanup {
+            true => q.retries.len() >= MAX_RETRIES,
+            false => q.closed,
+        };
+        if refused {
+            return false;
         }
         let due = Instant::now()
             .checked_add(delay)
@@ -184,6 +188,7 @@ impl Shared {
         q.retries.push((due, job));
         drop(q);
         self.ready.notify_one();
+        true
     }
 }
 

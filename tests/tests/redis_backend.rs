@@ -196,12 +196,7 @@ fn a_late_acquire_is_undone_behind_itself_and_its_reply_never_answers_anything_e
     use lock_core::{LockBackend, Token};
     use lock_redis::{Finish, Outcome};
     let server = RedisServer::start();
-    let b = RedisBackend::builder(&server.url())
-        .pool_size(1)
-        .read_timeout(Duration::from_secs(2))
-        .wake_ups(false)
-        .build()
-        .unwrap();
+    let b = one_connection(&server, Duration::from_secs(2));
     // Loads the scripts: a late EVALSHA the server did not know would never take effect.
     warm_up(&b);
     let key = format!("lock:{}", fresh());
@@ -254,11 +249,7 @@ fn a_dropped_late_operation_leaves_its_connection_in_step() {
     use lock_core::{LockBackend, Token};
     use lock_redis::{Finish, Outcome};
     let server = RedisServer::start();
-    let b = RedisBackend::builder(&server.url())
-        .pool_size(1)
-        .wake_ups(false)
-        .build()
-        .unwrap();
+    let b = one_connection(&server, lock_redis::DEFAULT_IO_TIMEOUT);
     warm_up(&b);
     let key = format!("lock:{}", fresh());
     let token = Token::generate();
@@ -274,6 +265,16 @@ fn a_dropped_late_operation_leaves_its_connection_in_step() {
     // The same (only) connection: the late acquire's fencing counter is not a PONG.
     b.ping().unwrap();
     assert!(b.inspect(key.as_bytes(), Some(&token)).unwrap().is_some());
+}
+
+/// A backend with one pooled connection (so a test knows which one each call uses).
+fn one_connection(server: &RedisServer, read_timeout: Duration) -> RedisBackend {
+    RedisBackend::builder(&server.url())
+        .pool_size(1)
+        .read_timeout(read_timeout)
+        .wake_ups(false)
+        .build()
+        .unwrap()
 }
 
 /// One lock and release, so the connection is open and the scripts are loaded.
