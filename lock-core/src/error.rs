@@ -167,6 +167,7 @@ pub struct BackendError {
     kind: BackendErrorKind,
     message: String,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+    unsent: bool,
 }
 
 impl BackendError {
@@ -176,7 +177,23 @@ impl BackendError {
             kind,
             message: message.into(),
             source: None,
+            unsent: false,
         }
+    }
+
+    /// Marks the error as met before anything reached the store (no connection could be
+    /// had, say), so the operation cannot have taken effect. The manager then skips the
+    /// cleanup it otherwise sends after a failed acquire, and the caller hears of the
+    /// failure after one timeout instead of two.
+    pub fn unsent(mut self) -> Self {
+        self.unsent = true;
+        self
+    }
+
+    /// Whether the operation may have reached the store before it failed: `true` unless
+    /// the backend marked the error [`unsent`](BackendError::unsent).
+    pub fn may_have_taken_effect(&self) -> bool {
+        !self.unsent
     }
 
     /// Keeps `source` as the underlying cause.

@@ -408,7 +408,9 @@ impl LockManager {
                     // The command may have reached the server before the failure (a lost
                     // reply); take back anything our token may have set rather than leave
                     // it for a whole TTL. Best effort: the backend is already failing.
-                    let _ = inner.backend.release(key.as_bytes(), &token);
+                    if source.may_have_taken_effect() {
+                        let _ = inner.backend.release(key.as_bytes(), &token);
+                    }
                     Err(LockError::Backend {
                         name: key.name(),
                         source,

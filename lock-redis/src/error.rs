@@ -85,8 +85,13 @@ fn tls_failure(text: &str) -> Option<&'static str> {
 }
 
 /// r2d2 reports a failed checkout as text only ("timed out waiting for connection: <last
-/// connect error>"); recover the kind from the redis error text it carries.
+/// connect error>"); recover the kind from the redis error text it carries. Nothing was
+/// sent, so the error is [`unsent`](BackendError::unsent).
 pub(crate) fn pool_error(addr: &str, e: &r2d2::Error) -> BackendError {
+    checkout_error(addr, e).unsent()
+}
+
+fn checkout_error(addr: &str, e: &r2d2::Error) -> BackendError {
     let text = e.to_string();
     if let Some(hint) = tls_failure(&text) {
         return BackendError::new(

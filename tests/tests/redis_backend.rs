@@ -286,3 +286,20 @@ fn warm_up(b: &RedisBackend) {
         .unwrap();
     assert!(b.release(key.as_bytes(), &token).unwrap());
 }
+
+/// Nothing reached a server that refuses connections, so there is nothing to undo: the
+/// failed acquire costs one checkout timeout, not a second one for a cleanup release.
+#[test]
+fn an_acquire_that_never_left_costs_one_checkout_timeout() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let mgr = LockManager::new(short_timeouts(&url));
+    let start = Instant::now();
+    let err = mgr.try_lock(fresh()).unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(err.backend_kind(), Some(BackendErrorKind::Io), "{err}");
+    // The checkout timeout is 500 ms; a cleanup release would wait as long again.
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    assert!(took < Duration::from_millis(900), "{took:?}");
+}
