@@ -10,8 +10,9 @@
 //! });
 //! ```
 //!
-//! Cases that need time to pass call [`Harness::sleep`]: on a [`ManualClock`](crate::ManualClock) that is
-//! instant, on the system clock it really sleeps (for TTLs of tens of milliseconds).
+//! Cases that need time to pass call [`Harness::sleep`]: on a
+//! [`ManualClock`](crate::ManualClock) that is instant, on the system clock it really
+//! sleeps (for TTLs of tens of milliseconds).
 //! Library code; panics are how a test reports a failed case.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
