@@ -220,7 +220,9 @@ impl Sent {
 /// An operation written to the server whose reply has not been read yet, from the
 /// methods of [`Idle`]. Read it with
 /// [`finish`](InFlight::finish); dropping it unread discards the reply (the connection
-/// skips it) but not the operation, which the server runs anyway.
+/// skips it) but not the operation, which the server runs anyway. Dropping it reads for
+/// the reply once with the shortest timeout, which is what tells the connection to skip
+/// it (a backend made by [`RedisBackend::from_pool`] waits with its pool's timeouts).
 ///
 /// This is what lets one thread have an operation in flight on several servers at once.
 #[must_use = "the reply is only read by `finish`"]
@@ -334,6 +336,38 @@ impl Late {
     }
 }
 
+impl<T> Drop for InFlight<T> {
+    fn drop(&mut self) {
+        let stage = std::mem::replace(&mut self.stage, Stage::Read);
+        if let Stage::Read = stage {
+            return;
+        }
+        // Dropped unread. `redis` only skips a reply it timed out waiting for; returned to
+        // the pool without that, the connection would hand this reply to its next user.
+        if let Stage::Sent(mut sent) = stage {
+            let _ = self.backend.read(sent.conn.get(), Some(Instant::now()));
+        }
+        // The memory of held keys learns what a late answer teaches: nothing certain.
+        let Some(wake) = &self.backend.inner.wake else {
+            return;
+        };
+        match std::mem::replace(&mut self.after, After::Nothing) {
+            After::Acquire {
+                key,
+                token,
+                attempt: Some(attempt),
+                ..
+            } => wake.after_acquire(&key, &token, attempt, &Err(timeout(&self.backend))),
+            After::Release { key, token } => wake.released(&key, Some(&token), None),
+            After::ForceRelease { key } => wake.released(&key, None, None),
+            After::Extend { key, token, start } => {
+                wake.extended(&key, &token, start, &Err(timeout(&self.backend)))
+            }
+            _ => {}
+        }
+    }
+}
+
 impl<T> InFlight<T> {
     fn ready(backend: &RedisBackend, result: Result<T, BackendError>, after: After) -> Self {
         InFlight {
@@ -416,8 +450,10 @@ impl Finish<Option<Acquired>> for InFlight<Option<Acquired>> {
                 ..
             },
             Some(wake),
-        ) = (self.after, &self.backend.inner.wake)
-        {
+        ) = (
+            std::mem::replace(&mut self.after, After::Nothing),
+            &self.backend.inner.wake,
+        ) {
             outcome.seen(|seen| wake.after_acquire(&key, &token, attempt, seen));
         }
         outcome

@@ -286,3 +286,40 @@ fn warm_up(b: &RedisBackend) {
         .unwrap();
     assert!(b.release(key.as_bytes(), &token).unwrap());
 }
+
+/// `InFlight`'s docs promise that dropping it unread discards the reply; the connection
+/// goes back to the pool, and its next user must get its own answer, not the dropped one.
+#[test]
+fn an_in_flight_operation_dropped_unread_never_answers_the_next_caller() {
+    use lock_core::{LockBackend, Token};
+    let server = RedisServer::start();
+    let b = one_connection(&server, lock_redis::DEFAULT_IO_TIMEOUT);
+    warm_up(&b);
+    let key = format!("lock:{}", fresh());
+    let token = Token::generate();
+    let flight = b
+        .idle()
+        .unwrap()
+        .acquire(key.as_bytes(), &token, Duration::from_secs(30));
+    drop(flight);
+    // Let the reply (the fencing counter, an integer) arrive on the pooled connection.
+    std::thread::sleep(Duration::from_millis(50));
+    let absent = format!("lock:{}", fresh());
+    // PTTL of a key that does not exist is -2 (None); the acquire's counter would read
+    // as a TTL.
+    assert_eq!(b.inspect(absent.as_bytes(), None).unwrap(), None);
+    // With no reply yet (a paused server), the drop costs one shortest read, and the reply
+    // that comes later is still skipped.
+    server.pause();
+    let flight = b
+        .idle()
+        .unwrap()
+        .acquire(absent.as_bytes(), &token, Duration::from_secs(30));
+    let start = Instant::now();
+    drop(flight);
+    let took = start.elapsed();
+    server.resume();
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    b.ping().unwrap();
+    assert_eq!(b.inspect(fresh().as_bytes(), None).unwrap(), None);
+}
