@@ -46,6 +46,10 @@ struct Sent {
     idempotent: bool,
     /// How many times the command was sent on a fresh connection.
     tries: u32,
+    /// The caller's idle connection was found broken by the write: the read half sends
+    /// the command again, within its deadline (opening a connection can take the whole
+    /// connect timeout, which the write half must not spend).
+    unsent: bool,
 }
 
 enum Read {
@@ -109,6 +113,7 @@ impl RedisBackend {
         idempotent: bool,
         conn: Option<Conn>,
     ) -> Result<Sent, BackendError> {
+        let given = conn.is_some();
         let mut sent = Sent {
             conn: match conn {
                 Some(c) => c,
@@ -118,9 +123,14 @@ impl RedisBackend {
             script,
             idempotent,
             tries: 1,
+            unsent: false,
         };
         match sent.conn.get().send_packed_command(&sent.packed) {
             Ok(()) => Ok(sent),
+            Err(e) if e.is_connection_dropped() && idempotent && given => {
+                sent.unsent = true;
+                Ok(sent)
+            }
             Err(e) if e.is_connection_dropped() && idempotent => {
                 sent.resend(self, None).map_err(|e| self.failure(&e))?;
                 Ok(sent)
@@ -189,6 +199,9 @@ impl Sent {
         deadline: Option<Instant>,
     ) -> Result<Value, Option<RedisError>> {
         let mut loaded = false;
+        if std::mem::take(&mut self.unsent) {
+            self.resend(backend, deadline).map_err(Some)?;
+        }
         loop {
             match backend.read(self.conn.get(), deadline) {
                 Read::Reply(v) => match v.extract_error() {
@@ -683,7 +696,8 @@ impl RedisBackend {
 
 /// An idle pooled connection, from [`RedisBackend::idle`], to start one operation on:
 /// each method writes the command and returns without reading the reply (see
-/// [`InFlight`]). They are the [`LockBackend`](lock_core::LockBackend) operations of the
+/// [`InFlight`]); if the connection turns out to be broken, `finish` sends the command
+/// again on a fresh one, within its deadline. They are the [`LockBackend`](lock_core::LockBackend) operations of the
 /// backend, in two halves, with the same wake-up bookkeeping.
 pub struct Idle<'a> {
     backend: &'a RedisBackend,
