@@ -181,6 +181,22 @@ impl Shared {
         self.run_later(delay, job, false);
     }
 
+    /// A job panicked: it counts as a failure. If the node was down already the job may
+    /// have been its ping, whose chain then ended: a fresh chain starts (one that is still
+    /// running stops at its next turn).
+    fn record_panic(&self) {
+        let mut h = self.health.lock();
+        if h.down_since.is_none() {
+            drop(h);
+            self.record(false);
+            return;
+        }
+        h.episode += 1;
+        let (episode, delay) = (h.episode, h.backoff);
+        drop(h);
+        self.ping_later(delay, episode);
+    }
+
     /// Queues `job` to run after `delay`. A `cleanup` still runs once the node is no
     /// longer in use, but only so many wait at once; a ping (one at a time per node) is
     /// not limited, and only runs while the node is in use. `false` if it was not queued.
@@ -337,7 +353,7 @@ fn work(shared: &Shared, backend: &dyn LockBackend) {
                 "a redlock operation on node {} panicked; it counts as failed",
                 shared.addr
             );
-            shared.record(false);
+            shared.record_panic();
         }
     }
 }
