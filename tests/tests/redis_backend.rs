@@ -323,3 +323,43 @@ fn an_in_flight_operation_dropped_unread_never_answers_the_next_caller() {
     b.ping().unwrap();
     assert_eq!(b.inspect(fresh().as_bytes(), None).unwrap(), None);
 }
+
+/// `finish` keeps its deadline (give or take a tenth of the read timeout) even when the
+/// connection it reads turns out to be reset and the command goes out again on a new
+/// one to an address that accepts but never answers: `redis`'s connection setup waits
+/// for each of its replies with the whole time left, so the new connection takes twice
+/// the time given to it.
+#[test]
+#[ignore = "known issue (review): a resend's connection setup overshoots the deadline"]
+fn finish_keeps_its_deadline_when_the_resend_meets_a_silent_server() {
+    use lock_core::Token;
+    use lock_redis::{Finish, Outcome};
+    let server = RedisServer::start();
+    let b = one_connection(&server, Duration::from_millis(50));
+    warm_up(&b);
+    let (key, token) = (format!("lock:{}", fresh()), Token::generate());
+    server.pause();
+    let late = b
+        .idle()
+        .unwrap()
+        .acquire(key.as_bytes(), &token, Duration::from_secs(30))
+        .finish(Some(Instant::now() + Duration::from_millis(20)));
+    assert!(matches!(late, Outcome::Late(_)), "{late:?}");
+    drop(late);
+    // Killed with that command unread: the idle connection is reset.
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _silent = std::net::TcpListener::bind(("127.0.0.1", server.port())).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let flight = b.idle().unwrap().release(key.as_bytes(), &token);
+    let start = Instant::now();
+    let outcome = flight.finish(Some(start + Duration::from_millis(50)));
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(80),
+        "{outcome:?} after {took:?}"
+    );
+}
