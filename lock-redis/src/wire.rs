@@ -46,6 +46,10 @@ struct Sent {
     idempotent: bool,
     /// How many times the command was sent on a fresh connection.
     tries: u32,
+    /// The caller's idle connection was found broken by the write: the read half sends
+    /// the command again, within its deadline (opening a connection can take the whole
+    /// connect timeout, which the write half must not spend).
+    unsent: bool,
 }
 
 enum Read {
@@ -109,6 +113,7 @@ impl RedisBackend {
         idempotent: bool,
         conn: Option<Conn>,
     ) -> Result<Sent, BackendError> {
+        let given = conn.is_some();
         let mut sent = Sent {
             conn: match conn {
                 Some(c) => c,
@@ -118,9 +123,14 @@ impl RedisBackend {
             script,
             idempotent,
             tries: 1,
+            unsent: false,
         };
         match sent.conn.get().send_packed_command(&sent.packed) {
             Ok(()) => Ok(sent),
+            Err(e) if e.is_connection_dropped() && idempotent && given => {
+                sent.unsent = true;
+                Ok(sent)
+            }
             Err(e) if e.is_connection_dropped() && idempotent => {
                 sent.resend(self, None).map_err(|e| self.failure(&e))?;
                 Ok(sent)
@@ -189,6 +199,9 @@ impl Sent {
         deadline: Option<Instant>,
     ) -> Result<Value, Option<RedisError>> {
         let mut loaded = false;
+        if std::mem::take(&mut self.unsent) {
+            self.resend(backend, deadline).map_err(Some)?;
+        }
         loop {
             match backend.read(self.conn.get(), deadline) {
                 Read::Reply(v) => match v.extract_error() {
@@ -220,7 +233,9 @@ impl Sent {
 /// An operation written to the server whose reply has not been read yet, from the
 /// methods of [`Idle`]. Read it with
 /// [`finish`](InFlight::finish); dropping it unread discards the reply (the connection
-/// skips it) but not the operation, which the server runs anyway.
+/// skips it) but not the operation, which the server runs anyway. Dropping it reads for
+/// the reply once with the shortest timeout, which is what tells the connection to skip
+/// it (a backend made by [`RedisBackend::from_pool`] waits with its pool's timeouts).
 ///
 /// This is what lets one thread have an operation in flight on several servers at once.
 #[must_use = "the reply is only read by `finish`"]
@@ -334,6 +349,38 @@ impl Late {
     }
 }
 
+impl<T> Drop for InFlight<T> {
+    fn drop(&mut self) {
+        let stage = std::mem::replace(&mut self.stage, Stage::Read);
+        if let Stage::Read = stage {
+            return;
+        }
+        // Dropped unread. `redis` only skips a reply it timed out waiting for; returned to
+        // the pool without that, the connection would hand this reply to its next user.
+        if let Stage::Sent(mut sent) = stage {
+            let _ = self.backend.read(sent.conn.get(), Some(Instant::now()));
+        }
+        // The memory of held keys learns what a late answer teaches: nothing certain.
+        let Some(wake) = &self.backend.inner.wake else {
+            return;
+        };
+        match std::mem::replace(&mut self.after, After::Nothing) {
+            After::Acquire {
+                key,
+                token,
+                attempt: Some(attempt),
+                ..
+            } => wake.after_acquire(&key, &token, attempt, &Err(timeout(&self.backend))),
+            After::Release { key, token } => wake.released(&key, Some(&token), None),
+            After::ForceRelease { key } => wake.released(&key, None, None),
+            After::Extend { key, token, start } => {
+                wake.extended(&key, &token, start, &Err(timeout(&self.backend)))
+            }
+            _ => {}
+        }
+    }
+}
+
 impl<T> InFlight<T> {
     fn ready(backend: &RedisBackend, result: Result<T, BackendError>, after: After) -> Self {
         InFlight {
@@ -416,8 +463,10 @@ impl Finish<Option<Acquired>> for InFlight<Option<Acquired>> {
                 ..
             },
             Some(wake),
-        ) = (self.after, &self.backend.inner.wake)
-        {
+        ) = (
+            std::mem::replace(&mut self.after, After::Nothing),
+            &self.backend.inner.wake,
+        ) {
             outcome.seen(|seen| wake.after_acquire(&key, &token, attempt, seen));
         }
         outcome
@@ -647,7 +696,8 @@ impl RedisBackend {
 
 /// An idle pooled connection, from [`RedisBackend::idle`], to start one operation on:
 /// each method writes the command and returns without reading the reply (see
-/// [`InFlight`]). They are the [`LockBackend`](lock_core::LockBackend) operations of the
+/// [`InFlight`]); if the connection turns out to be broken, `finish` sends the command
+/// again on a fresh one, within its deadline. They are the [`LockBackend`](lock_core::LockBackend) operations of the
 /// backend, in two halves, with the same wake-up bookkeeping.
 pub struct Idle<'a> {
     backend: &'a RedisBackend,

@@ -117,6 +117,10 @@ impl Queue {
 #[derive(Default)]
 struct Health {
     down_since: Option<Instant>,
+    /// Which time the node went down: the one chain of pings started then carries it, and
+    /// a chain from an earlier time stops (so a node that answers once and fails again
+    /// while a ping is out is still pinged by one chain).
+    episode: u64,
     backoff: Duration,
     /// How long its last direct answer took: the caller reads the quickest nodes first.
     latency: Duration,
@@ -143,17 +147,20 @@ impl Shared {
             self.addr
         );
         h.down_since = Some(Instant::now());
+        h.episode += 1;
         h.backoff = self.first_backoff;
+        let episode = h.episode;
         drop(h);
-        self.ping_later(self.first_backoff);
+        self.ping_later(self.first_backoff, episode);
     }
 
     /// Pings the node from a worker after `delay`, and again (backing off) until it
-    /// answers, while it is down and the node is in use.
-    fn ping_later(&self, delay: Duration) {
-        let job: Job = Box::new(|worker| {
+    /// answers, while it is down (since `episode`) and the node is in use.
+    fn ping_later(&self, delay: Duration, episode: u64) {
+        let job: Job = Box::new(move |worker| {
             let shared = worker.shared;
-            if shared.health.lock().down_since.is_none() {
+            let current = |h: &Health| h.down_since.is_some() && h.episode == episode;
+            if !current(&shared.health.lock()) {
                 return;
             }
             let answer = worker.backend.health_check();
@@ -161,13 +168,33 @@ impl Shared {
             if answer.is_err() {
                 let backoff = {
                     let mut h = shared.health.lock();
-                    h.backoff = (h.backoff * 2).min(MAX_BACKOFF);
+                    if !current(&h) {
+                        // It answered something else meanwhile: a later chain took over.
+                        return;
+                    }
+                    h.backoff = h.backoff.saturating_mul(2).min(MAX_BACKOFF);
                     h.backoff
                 };
-                shared.ping_later(backoff);
+                shared.ping_later(backoff, episode);
             }
         });
         self.run_later(delay, job, false);
+    }
+
+    /// A job panicked: it counts as a failure. If the node was down already the job may
+    /// have been its ping, whose chain then ended: a fresh chain starts (one that is still
+    /// running stops at its next turn).
+    fn record_panic(&self) {
+        let mut h = self.health.lock();
+        if h.down_since.is_none() {
+            drop(h);
+            self.record(false);
+            return;
+        }
+        h.episode += 1;
+        let (episode, delay) = (h.episode, h.backoff);
+        drop(h);
+        self.ping_later(delay, episode);
     }
 
     /// Queues `job` to run after `delay`. A `cleanup` still runs once the node is no
@@ -326,7 +353,97 @@ fn work(shared: &Shared, backend: &dyn LockBackend) {
                 "a redlock operation on node {} panicked; it counts as failed",
                 shared.addr
             );
-            shared.record(false);
+            shared.record_panic();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    use lock_core::{Acquired, Extend, Token};
+
+    use super::*;
+
+    /// A node that fails every ping; the first one blocks until the test lets it go.
+    struct Unreachable {
+        pings: AtomicUsize,
+        first: Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    fn down() -> BackendError {
+        BackendError::new(BackendErrorKind::Io, "down")
+    }
+
+    impl LockBackend for Unreachable {
+        fn try_acquire(
+            &self,
+            _: &[u8],
+            _: &Token,
+            _: Duration,
+        ) -> Result<Option<Acquired>, BackendError> {
+            Err(down())
+        }
+        fn release(&self, _: &[u8], _: &Token) -> Result<bool, BackendError> {
+            Err(down())
+        }
+        fn extend(&self, _: &[u8], _: &Token, _: Extend) -> Result<Option<Duration>, BackendError> {
+            Err(down())
+        }
+        fn inspect(&self, _: &[u8], _: Option<&Token>) -> Result<Option<Duration>, BackendError> {
+            Err(down())
+        }
+        fn force_release(&self, _: &[u8]) -> Result<bool, BackendError> {
+            Err(down())
+        }
+        fn health_check(&self) -> Result<(), BackendError> {
+            self.pings.fetch_add(1, Ordering::SeqCst);
+            if let Some(rx) = self.first.lock().take() {
+                let _ = rx.recv();
+            }
+            Err(down())
+        }
+    }
+
+    /// A node that answers once (a release, say) while its ping is on the wire and then
+    /// fails again is still pinged by one chain of pings, not one more per such flap.
+    #[test]
+    fn a_node_that_flaps_during_a_ping_is_pinged_by_one_chain() {
+        let (tx, rx) = mpsc::channel();
+        let backend = Arc::new(Unreachable {
+            pings: AtomicUsize::new(0),
+            first: Mutex::new(Some(rx)),
+        });
+        let node = Node::start(
+            0,
+            "n0".into(),
+            backend.clone(),
+            None,
+            1,
+            16,
+            Duration::from_millis(5),
+        )
+        .unwrap();
+        node.record(false);
+        let start = Instant::now();
+        while backend.pings.load(Ordering::SeqCst) == 0 {
+            assert!(start.elapsed() < Duration::from_secs(2), "never pinged");
+            thread::sleep(Duration::from_millis(1));
+        }
+        // While the first ping waits for its answer, the node answers something else and
+        // then fails something else again.
+        node.record(true);
+        node.record(false);
+        tx.send(()).unwrap();
+        // Both chains back off to 1 s; count the pings waiting in the queue meanwhile.
+        let mut most = 0;
+        let until = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < until {
+            most = most.max(node.shared.queue.lock().retries.len());
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(most, 1, "pings queued at once for one node that is down");
     }
 }

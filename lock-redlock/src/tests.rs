@@ -643,3 +643,30 @@ fn a_late_cleanup_never_removes_a_later_attempts_key() {
     assert!(b.inspect(&k, Some(&t)).unwrap().is_some());
     assert!(b.release(&k, &t).unwrap());
 }
+
+/// A node whose ping panics is still pinged again (and so taken back once it answers),
+/// not left down until somebody calls `health_check`.
+#[test]
+fn a_node_whose_ping_panicked_is_pinged_again() {
+    let ns = nodes(3);
+    let b = redlock_with(&ns, ms(100));
+    ns[2].panic.store(true, Ordering::SeqCst);
+    let (k, t) = (key(), Token::generate());
+    b.try_acquire(&k, &t, ms(1000)).unwrap().unwrap();
+    b.release(&k, &t).unwrap();
+    // Down since the panic: the first ping (after 100 ms) panics too.
+    sleep(ms(400));
+    ns[2].panic.store(false, Ordering::SeqCst);
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let t = Token::generate();
+        b.try_acquire(&k, &t, ms(1000)).unwrap().unwrap();
+        let back = ns[2].held(&k);
+        b.release(&k, &t).unwrap();
+        if back {
+            break;
+        }
+        assert!(Instant::now() < until, "node 2 is never pinged back in");
+        sleep(ms(20));
+    }
+}

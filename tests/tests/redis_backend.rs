@@ -302,4 +302,80 @@ fn an_acquire_that_never_left_costs_one_checkout_timeout() {
     // The checkout timeout is 500 ms; a cleanup release would wait as long again.
     assert!(took >= Duration::from_millis(500), "{took:?}");
     assert!(took < Duration::from_millis(900), "{took:?}");
+
+/// `InFlight`'s docs promise that dropping it unread discards the reply; the connection
+/// goes back to the pool, and its next user must get its own answer, not the dropped one.
+#[test]
+fn an_in_flight_operation_dropped_unread_never_answers_the_next_caller() {
+    use lock_core::{LockBackend, Token};
+    let server = RedisServer::start();
+    let b = one_connection(&server, lock_redis::DEFAULT_IO_TIMEOUT);
+    warm_up(&b);
+    let key = format!("lock:{}", fresh());
+    let token = Token::generate();
+    let flight = b
+        .idle()
+        .unwrap()
+        .acquire(key.as_bytes(), &token, Duration::from_secs(30));
+    drop(flight);
+    // Let the reply (the fencing counter, an integer) arrive on the pooled connection.
+    std::thread::sleep(Duration::from_millis(50));
+    let absent = format!("lock:{}", fresh());
+    // PTTL of a key that does not exist is -2 (None); the acquire's counter would read
+    // as a TTL.
+    assert_eq!(b.inspect(absent.as_bytes(), None).unwrap(), None);
+    // With no reply yet (a paused server), the drop costs one shortest read, and the reply
+    // that comes later is still skipped.
+    server.pause();
+    let flight = b
+        .idle()
+        .unwrap()
+        .acquire(absent.as_bytes(), &token, Duration::from_secs(30));
+    let start = Instant::now();
+    drop(flight);
+    let took = start.elapsed();
+    server.resume();
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    b.ping().unwrap();
+    assert_eq!(b.inspect(fresh().as_bytes(), None).unwrap(), None);
+}
+
+/// `finish` keeps its deadline (give or take a tenth of the read timeout) even when the
+/// connection it reads turns out to be reset and the command goes out again on a new
+/// one to an address that accepts but never answers: `redis`'s connection setup waits
+/// for each of its replies with the whole time left, so the new connection takes twice
+/// the time given to it.
+#[test]
+#[ignore = "known issue (review): a resend's connection setup overshoots the deadline"]
+fn finish_keeps_its_deadline_when_the_resend_meets_a_silent_server() {
+    use lock_core::Token;
+    use lock_redis::{Finish, Outcome};
+    let server = RedisServer::start();
+    let b = one_connection(&server, Duration::from_millis(50));
+    warm_up(&b);
+    let (key, token) = (format!("lock:{}", fresh()), Token::generate());
+    server.pause();
+    let late = b
+        .idle()
+        .unwrap()
+        .acquire(key.as_bytes(), &token, Duration::from_secs(30))
+        .finish(Some(Instant::now() + Duration::from_millis(20)));
+    assert!(matches!(late, Outcome::Late(_)), "{late:?}");
+    drop(late);
+    // Killed with that command unread: the idle connection is reset.
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _silent = std::net::TcpListener::bind(("127.0.0.1", server.port())).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let flight = b.idle().unwrap().release(key.as_bytes(), &token);
+    let start = Instant::now();
+    let outcome = flight.finish(Some(start + Duration::from_millis(50)));
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(80),
+        "{outcome:?} after {took:?}"
+    );
 }
