@@ -302,6 +302,7 @@ fn an_acquire_that_never_left_costs_one_checkout_timeout() {
     // The checkout timeout is 500 ms; a cleanup release would wait as long again.
     assert!(took >= Duration::from_millis(500), "{took:?}");
     assert!(took < Duration::from_millis(900), "{took:?}");
+}
 
 /// `InFlight`'s docs promise that dropping it unread discards the reply; the connection
 /// goes back to the pool, and its next user must get its own answer, not the dropped one.
