@@ -344,8 +344,14 @@ impl Late {
     /// # Errors
     /// The [`BackendError`] met, as for a release.
     pub fn release(self: Box<Self>, key: &[u8], token: &Token) -> Result<bool, BackendError> {
+        self.start_release(key, token).wait()
+    }
+
+    /// [`release`](Late::release) in two halves: writes the release behind the late
+    /// operation and returns without reading its reply (see [`InFlight`]).
+    pub fn start_release(self: Box<Self>, key: &[u8], token: &Token) -> InFlight<bool> {
         let Late { backend, conn, .. } = *self;
-        backend.start_release(Some(conn), key, token).wait()
+        backend.start_release(Some(conn), key, token)
     }
 }
 

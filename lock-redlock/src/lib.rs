@@ -74,7 +74,10 @@
 //!   brings it back. Releases always go out.
 //! - **Release** goes to every node that may hold the key and reports `true` when a
 //!   quorum deleted it, i.e. the lock was still ours by the Redlock rule; `false` when it
-//!   had expired or been taken over; an error when too many nodes failed to tell.
+//!   had expired or been taken over (too many nodes say the key is not ours for the rest
+//!   to make a quorum); an error when too many nodes failed to tell. A node whose reply to
+//!   the acquire came too late keeps that connection for the lock, and its release goes
+//!   out behind the acquire on it, so it cannot overtake it.
 //! - **Extend** succeeds only if a quorum extends the key and validity is left after the
 //!   call (`shortest new ttl - elapsed - drift`); otherwise the lock is reported lost (or
 //!   the error says which nodes failed).
@@ -210,6 +213,10 @@ struct Hold {
     token: Token,
     ttl: Duration,
     acquire: Call<Option<Acquired>>,
+    /// For a granted lock, the connections of the nodes whose acquire reply came too late:
+    /// their release goes out behind the acquire on the same connection, so it can never
+    /// overtake it.
+    lates: Mutex<Lates>,
     /// After this no node can still hold the key: the entry may be pruned.
     forget_after: Mutex<Instant>,
 }
@@ -628,10 +635,25 @@ impl Inner {
             let Some(node) = self.nodes.get(i) else {
                 continue;
             };
-            if let Some(idle) = wait.and(node.redis.as_ref()).and_then(|r| r.idle()) {
-                release.sent_directly(i);
-                flights.push((i, idle.release(&hold.key, &hold.token)));
-                continue;
+            if wait.is_some() {
+                let late = {
+                    let mut lates = hold.lates.lock();
+                    let at = lates.iter().position(|(n, _)| *n == i);
+                    at.map(|at| lates.swap_remove(at).1)
+                };
+                let flight = match late {
+                    Some(late) => Some(late.start_release(&hold.key, &hold.token)),
+                    None => node
+                        .redis
+                        .as_ref()
+                        .and_then(|r| r.idle())
+                        .map(|idle| idle.release(&hold.key, &hold.token)),
+                };
+                if let Some(flight) = flight {
+                    release.sent_directly(i);
+                    flights.push((i, flight));
+                    continue;
+                }
             }
             let (c, op) = (release.clone(), op.clone());
             let job: Job = Box::new(move |worker| {
@@ -754,6 +776,7 @@ impl LockBackend for RedlockBackend {
             token: wire,
             ttl,
             acquire: Call::new(inner.n()),
+            lates: Mutex::default(),
             forget_after: Mutex::new(deadline(start, ttl.saturating_add(inner.node_timeout))),
         });
         // Past the budget no answer could leave validity: stop waiting there.
@@ -825,8 +848,8 @@ impl LockBackend for RedlockBackend {
         // released with the rest.
         inner.read_rest(&hold.acquire, rest, (start, late), &mut lates);
         if won {
-            // Their connections skip the late replies; the release goes to these nodes too.
-            drop(lates);
+            // The release goes to these nodes too, behind the acquire.
+            *hold.lates.lock() = lates;
         } else {
             let (release, targets) = begin_release(&mut hold.acquire.lock());
             inner.release_on(&release, targets, &hold, None);

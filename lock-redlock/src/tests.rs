@@ -592,11 +592,13 @@ fn a_failing_node_is_left_alone_until_it_answers_a_ping() {
     b.try_acquire(&k, &t, ms(1000)).unwrap().unwrap();
     eventually("node 2 takes part again", || ns[2].held(&k));
     b.release(&k, &t).unwrap();
-    // Without one, its workers' pings find out: failing again, it is down at once...
+    // (Node 2's answer to that release, still to come, would count as it being up.)
+    eventually("node 2 released it", || !ns[2].held(&k));
+    sleep(ms(20));
+    // Without one, its workers' pings find out: failing again (a health check waits for
+    // every node's answer), it is down at once...
     ns[2].fail.store(true, Ordering::SeqCst);
-    let t = Token::generate();
-    b.try_acquire(&k, &t, ms(1000)).unwrap().unwrap();
-    b.release(&k, &t).unwrap();
+    b.health_check().unwrap();
     ns[2].heal();
     let t = Token::generate();
     b.try_acquire(&k, &t, ms(1000)).unwrap().unwrap();

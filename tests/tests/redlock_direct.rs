@@ -67,7 +67,6 @@ fn a_release_on_a_reset_idle_connection_waits_no_longer_than_the_node_timeout() 
 /// connection, the node answers it at once ("not ours": the acquire has not arrived), and
 /// the acquire lands afterwards, leaving our key on the node for the whole TTL.
 #[test]
-#[ignore = "known bug (review): a granted lock's late node is released on another connection"]
 fn a_granted_locks_release_never_overtakes_a_late_acquire_on_its_node() {
     let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
     let proxy = Proxy::start(&servers[2].addr()).unwrap();
