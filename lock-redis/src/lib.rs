@@ -198,11 +198,27 @@ pub(crate) struct Connector {
 impl Connector {
     /// A new connection, outside the pool, giving up after `timeout` (at most the
     /// connect timeout).
+    ///
+    /// A `PING` within the same time ends the setup: it completes a TLS handshake (which
+    /// `rustls` otherwise leaves to the first command, outside the connect timeout) and
+    /// tells a server that hangs up at once (plaintext to a TLS port) from one that
+    /// answers.
     pub(crate) fn connect_within(&self, timeout: Duration) -> RedisResult<redis::Connection> {
-        let conn = self
+        let timeout = timeout.min(self.connect_timeout);
+        let start = std::time::Instant::now();
+        let explain = |e| tls::explain_connect_failure(&self.client, e);
+        let mut conn = self
             .client
-            .get_connection_with_timeout(timeout.min(self.connect_timeout))
-            .map_err(|e| tls::explain_connect_failure(&self.client, e))?;
+            .get_connection_with_timeout(timeout)
+            .map_err(explain)?;
+        let left = timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(1));
+        conn.set_read_timeout(Some(left))?;
+        conn.set_write_timeout(Some(left))?;
+        // Any reply will do (a server that refuses PING still answered); only a failure to
+        // get one fails the setup.
+        conn.req_command(&redis::cmd("PING")).map_err(explain)?;
         conn.set_read_timeout(Some(self.read_timeout))?;
         conn.set_write_timeout(Some(self.write_timeout))?;
         Ok(conn)
@@ -528,9 +544,8 @@ impl RedisBackendBuilder {
             return Err(config("wake channel must not be empty"));
         }
         let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
-        // No `CLIENT SETINFO` on connect: one round trip less per new connection, and a
-        // connection setup then waits for as many replies as it needs (AUTH, SELECT), so a
-        // silent server holds it for no longer than the time it was given.
+        // No `CLIENT SETINFO` on connect (two replies the setup would wait for, each with
+        // the whole time left): the connector ends the setup with one `PING` instead.
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         let info = info.set_redis_settings(settings);
         let client = tls::client(info, &self.tls, &addr)?;
