@@ -678,7 +678,12 @@ fn launch(
                 Failure::Exited(status)
             });
         }
-        if read_log(log_path, log_start).contains(READY_LINE) && answers_ping(port, tls) {
+        // A probe may take as long as the start may: on a busy machine a TLS handshake of
+        // this debug build can take far longer than on an idle one.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if read_log(log_path, log_start).contains(READY_LINE)
+            && answers_ping(port, tls, left.max(POLL_INTERVAL))
+        {
             return Ok(child);
         }
         if Instant::now() >= deadline {
@@ -752,8 +757,8 @@ fn connect(
 }
 
 /// Whether the server answers PING (or `-NOAUTH`, for a server that wants a password).
-fn answers_ping(port: u16, tls: Option<&Tls>) -> bool {
-    let Ok(mut conn) = connect(port, tls, Duration::from_millis(200)) else {
+fn answers_ping(port: u16, tls: Option<&Tls>, timeout: Duration) -> bool {
+    let Ok(mut conn) = connect(port, tls, timeout) else {
         return false;
     };
     match redis::cmd("PING").query::<String>(&mut conn) {

@@ -31,10 +31,14 @@ struct Timeouts {
     checkout: Duration,
 }
 
+/// Short enough to keep the faults quick, long enough that a call that must succeed
+/// (a retry after a lost reply, a cleanup on a fresh connection, the proxy passing bytes
+/// on) is not cut off by a busy machine: a few ms of work may be scheduled hundreds of
+/// ms late on two loaded cores.
 const QUICK: Timeouts = Timeouts {
-    connect: Duration::from_millis(200),
-    io: Duration::from_millis(200),
-    checkout: Duration::from_millis(400),
+    connect: Duration::from_millis(500),
+    io: Duration::from_millis(500),
+    checkout: Duration::from_millis(1000),
 };
 
 impl Timeouts {
@@ -320,7 +324,7 @@ fn an_acquire_cut_off_from_the_server_leaves_the_key_for_its_ttl_at_most() {
     let name = fresh();
     // Longer than the failed call (the attempt, then the retry and the cleanup each waiting
     // out the checkout timeout), so the orphan can be seen.
-    let ttl = ms(2000);
+    let ttl = 3 * QUICK.one_call() + ms(500);
     // Every reply is cut, including new connections' handshakes: the acquire reaches the
     // server, but neither the retry nor the cleanup release can get through. The library
     // cannot know the key was set; the TTL is what bounds the orphan.

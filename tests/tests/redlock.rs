@@ -23,8 +23,20 @@ fn urls(nodes: &[RedisServer]) -> Vec<String> {
     nodes.iter().map(RedisServer::url).collect()
 }
 
+/// The node timeout of the backends here. The default (50 ms) is right for servers on
+/// their own machines; here five servers, the test threads and whatever else runs share
+/// two cores, and a live node can miss 50 ms when the machine is busy. Tests whose claim
+/// is a bound take it from this value plus [`SLACK`].
+const NODE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Scheduling margin on top of a configured bound, for a busy two-core machine.
+const SLACK: Duration = Duration::from_millis(300);
+
 fn redlock(nodes: &[RedisServer]) -> RedlockBackend {
-    RedlockBackend::connect(&urls(nodes)).unwrap()
+    RedlockBackend::builder(&urls(nodes))
+        .node_timeout(NODE_TIMEOUT)
+        .build()
+        .unwrap()
 }
 
 /// A cluster of `n` shared by the conformance cases of this binary that run at the same
@@ -100,6 +112,19 @@ fn ours(nodes: &[&RedisServer], key: &str) -> usize {
         .iter()
         .filter(|n| get(n, key).is_some_and(|v| v != FOREIGN))
         .count()
+}
+
+/// How many keys `node` has let expire (`INFO stats`), to tell a deleted key from one
+/// that expired.
+fn expired_keys(node: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query(&mut node.raw_connection())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("expired_keys:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("expired_keys in INFO stats")
 }
 
 /// Polls `cond` for up to 2 s: cleanup runs on the node workers after the call returned.
@@ -262,9 +287,8 @@ fn assert_quorum_errors(mgr: &LockManager, bound: Duration, what: &str) {
     );
 }
 
-/// The bound on a failed acquire: the node timeout (50 ms) plus 150 ms of slack for a
-/// busy two-core machine.
-const FAILED_ACQUIRE_BOUND: Duration = Duration::from_millis(200);
+/// The bound on a failed acquire: the node timeout plus slack.
+const FAILED_ACQUIRE_BOUND: Duration = NODE_TIMEOUT.saturating_add(SLACK);
 
 #[test]
 fn majority_killed_every_acquire_is_a_quorum_error_in_bounded_time() {
@@ -327,10 +351,11 @@ fn majority_paused_every_acquire_is_a_quorum_error_and_leaves_nothing() {
     eprintln!("first failed acquire with 3 of 5 nodes paused: {took:?}");
     assert!(took <= FAILED_ACQUIRE_BOUND, "{took:?}");
     // A paused node either times out, or fails to give a pooled connection in time.
+    let timed_out = format!(": timeout (no answer within {NODE_TIMEOUT:?})");
     assert_names_outcomes(
         &err.to_string(),
         &nodes,
-        &[": timeout (no answer within 50ms)", ": error (timed out"],
+        &[&timed_out, ": error (timed out"],
     );
     assert_quorum_errors(&mgr, FAILED_ACQUIRE_BOUND, "3 of 5 nodes paused");
     drop(paused);
@@ -364,7 +389,7 @@ fn paused_minority_costs_nothing_and_late_replies_change_nothing() {
                     let g = mgr.try_lock(name).unwrap().expect("a quorum is up");
                     let took = start.elapsed();
                     took_all.lock().unwrap().push(took);
-                    assert!(took <= timeout + ms(50), "acquire took {took:?}");
+                    assert!(took <= timeout + SLACK, "acquire took {took:?}");
                     assert!(g.remaining() > Duration::from_secs(9));
                     g.release().unwrap();
                 }
@@ -414,6 +439,8 @@ fn an_acquire_slower_than_the_ttl_fails_and_cleans_up() {
     let key = format!("lock:{name}");
     // Node 0 answers at once, node 1 only after 300 ms, node 2 not until resumed: a
     // quorum needs node 1, later than the 200 ms TTL allows (validity 196 ms).
+    let expired_before = expired_keys(&nodes[1]);
+    let expired_before_2 = expired_keys(&nodes[2]);
     redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(300)
@@ -426,33 +453,41 @@ fn an_acquire_slower_than_the_ttl_fails_and_cleans_up() {
     {
         let err = result.expect_err("a lock without validity");
         assert_eq!(err.backend_kind(), Some(BackendErrorKind::Quorum), "{err}");
-        // It gave up at the TTL's validity, not at the 1 s node timeout.
-        assert!(took >= ms(190) && took < ms(290), "{took:?}");
+        // It gave up at the TTL's validity (196 ms), not at the 1 s node timeout.
+        assert!(took >= ms(190) && took < ms(196) + SLACK, "{took:?}");
         // Node 0 is cleaned up at once.
         eventually("node 0 released", || get(&nodes[0], &key).is_none());
-        // Node 1 ran our SET at 300 ms (its fencing counter moved) with a 200 ms TTL, and
-        // the release right after it: the key is gone long before it would expire.
-        thread::sleep(ms(350).saturating_sub(start.elapsed()));
-        let fence: Option<u64> = redis::cmd("GET")
-            .arg(format!("fence:{key}"))
-            .query(&mut nodes[1].raw_connection())
-            .unwrap();
-        assert_eq!(fence, Some(1), "node 1 never ran the acquire");
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(&key)
-            .query(&mut nodes[1].raw_connection())
-            .unwrap();
+        // Node 1 runs our SET at 300 ms (its fencing counter moves) with a 200 ms TTL, and
+        // the release queued right behind it: the key is deleted, not left to expire.
+        let fence = || -> Option<u64> {
+            redis::cmd("GET")
+                .arg(format!("fence:{key}"))
+                .query(&mut nodes[1].raw_connection())
+                .unwrap()
+        };
+        eventually("node 1 ran the acquire", || fence() == Some(1));
+        eventually("node 1 released our key", || get(&nodes[1], &key).is_none());
         assert_eq!(
-            get(&nodes[1], &key),
-            None,
-            "node 1 kept our key (pttl {pttl} ms, at {:?})",
-            start.elapsed()
+            expired_keys(&nodes[1]),
+            expired_before,
+            "node 1 kept our key until it expired"
         );
     }
     drop(paused);
     // Node 2 runs the SET on resume, then the release behind it.
-    thread::sleep(ms(50));
-    assert_eq!(get(&nodes[2], &key), None, "node 2 kept our key");
+    let fence = || -> Option<u64> {
+        redis::cmd("GET")
+            .arg(format!("fence:{key}"))
+            .query(&mut nodes[2].raw_connection())
+            .unwrap()
+    };
+    eventually("node 2 ran the acquire", || fence() == Some(1));
+    eventually("node 2 released our key", || get(&nodes[2], &key).is_none());
+    assert_eq!(
+        expired_keys(&nodes[2]),
+        expired_before_2,
+        "node 2 kept our key until it expired"
+    );
     // A TTL that the drift alone eats is refused before any I/O.
     let err = mgr
         .lock_with(&name, LockOptions::new().ttl(ms(2)))
@@ -479,8 +514,17 @@ fn errors_name_nodes_but_never_passwords() {
     let err = mgr.try_lock(fresh_name()).unwrap_err();
     let shown = format!("{err} {err:?} {backend:?} {mgr:?} {g:?}");
     assert!(!shown.contains(SECRET), "{shown}");
-    assert!(shown.contains(&nodes[2].addr()), "{shown}");
-    assert!(shown.contains(": acquired"), "{shown}");
+    for node in &nodes {
+        assert!(shown.contains(&node.addr()), "{shown}");
+    }
+    // The live node's answer may come before or after the two refusals decide the call.
+    let live = format!("{}/0: ", nodes[0].addr());
+    assert!(
+        [": acquired", ": not awaited"]
+            .iter()
+            .any(|outcome| shown.contains(&format!("{live}{}", &outcome[2..]))),
+        "{shown}"
+    );
     // The held lock lost its quorum: its release cannot be confirmed.
     let err = g.release().unwrap_err();
     assert_eq!(err.backend_kind(), Some(BackendErrorKind::Quorum), "{err}");
@@ -513,10 +557,11 @@ fn auto_renewal_keeps_a_redlock_lock_past_its_ttl() {
         .build()
         .unwrap();
     let name = fresh_name();
+    // Renewed every 400 ms: the lock outlives its TTL twice over only through renewal.
     let g = mgr
-        .lock_with(&name, LockOptions::new().ttl(ms(300)))
+        .lock_with(&name, LockOptions::new().ttl(ms(1200)))
         .unwrap();
-    thread::sleep(ms(1000));
+    thread::sleep(ms(2400));
     assert!(
         g.is_held().unwrap(),
         "renewal (through the dedicated handle) lost it"
@@ -578,7 +623,7 @@ fn renewal_stops_and_reports_loss_when_a_majority_is_gone() {
     let took = killed.elapsed();
     println!("redlock majority gone: loss reported after {took:?} (ttl {ttl:?})");
     // Renewal retries until the validity (TTL − drift from the last renewal) runs out.
-    assert!(took <= ttl + ms(100), "{took:?}");
+    assert!(took <= ttl + SLACK, "{took:?}");
     assert!(matches!(g.check(), Err(LockError::Lost { .. })));
     eventually("the callback", || lost.load(Ordering::SeqCst) == 1);
     assert!(!g.is_renewing());
