@@ -71,7 +71,7 @@ pub fn run(args: &RunArgs, backend: &BackendArgs) -> Result<u8, Failure> {
             return Err(Failure::new(
                 args.conflict_exit_code,
                 format!(
-                    "distlock (pid {}) could not get lock {name} to run `{program}`: \
+                    "pid {} could not get lock {name} to run `{program}`: \
                      it is held by someone else ({how})",
                     std::process::id()
                 ),

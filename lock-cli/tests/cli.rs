@@ -576,3 +576,74 @@ fn status_wait_and_unlock_force() {
     let out = finish(holder, Duration::from_secs(10) + MARGIN);
     assert_eq!(code(out.status), LOST, "{}", stderr(&out));
 }
+
+#[test]
+fn a_server_that_dies_while_the_command_runs_ends_it_when_the_validity_runs_out() {
+    const TTL: Duration = Duration::from_secs(3);
+    let mut server = RedisServer::start();
+    let scratch = Scratch::new("died");
+    let ready = scratch.path("ready");
+    let name = fresh("died");
+    let child = spawn(
+        distlock()
+            .args(["-u", &server.url(), "run", "--ttl", "3s", &name, "--"])
+            .args(["sh", "-c", "echo up > \"$1\"; exec sleep 60", "sh"])
+            .arg(&ready),
+    );
+    wait_for_file(&ready, MARGIN);
+    server.kill();
+    let at = Instant::now();
+    // Renewal keeps failing; the lock is lost when its validity (at most a TTL) runs out.
+    let out = finish(child, TTL + MARGIN);
+    assert_eq!(code(out.status), LOST, "{}", stderr(&out));
+    assert!(at.elapsed() <= TTL + MARGIN);
+    assert!(stderr(&out).contains("lost lock"), "{}", stderr(&out));
+}
+
+#[test]
+fn tls_options_reach_the_server() {
+    let server = RedisServer::start_tls(&harness::TlsSetup::mutual(), &[]);
+    let pki = server.pki();
+    let scratch = Scratch::new("tls");
+    let (ca, cert, key) = (
+        scratch.path("ca.crt"),
+        scratch.path("client.crt"),
+        scratch.path("client.key"),
+    );
+    fs::write(&ca, &pki.ca).unwrap();
+    fs::write(&cert, &pki.client_cert).unwrap();
+    fs::write(&key, &pki.client_key).unwrap();
+    let name = fresh("tls");
+    let out = output(
+        distlock()
+            .args(["-u", &server.url(), "--tls-ca"])
+            .arg(&ca)
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .args([
+                "run",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                "echo $DISTLOCK_FENCING_TOKEN",
+            ]),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "1");
+
+    // The system's trust store does not know the throwaway CA: refused, one line.
+    let out = output(distlock().args(["-u", &server.url(), "status", &name]));
+    assert_eq!(code(out.status), DENIED, "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    // A certificate without its key is bad usage.
+    let out = output(
+        distlock()
+            .args(["-u", &server.url(), "--tls-cert"])
+            .arg(&cert)
+            .args(["status", &name]),
+    );
+    assert_eq!(code(out.status), USAGE, "{}", stderr(&out));
+}
