@@ -81,8 +81,8 @@ pub enum Command {
                       over, or its validity runs out because the backend stopped answering), \
                       distlock sends COMMAND SIGTERM, then SIGKILL after --kill-after, and \
                       exits with 75. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent \
-                      to distlock are passed on to COMMAND; the lock is released once COMMAND \
-                      has exited. A distlock killed by SIGKILL cannot release: the lock then \
+                      to distlock are passed on to COMMAND (Ctrl-C at the terminal reaches \
+                      COMMAND directly, once); the lock is released once COMMAND has exited. A distlock killed by SIGKILL cannot release: the lock then \
                       expires after its TTL, and COMMAND is not stopped.",
         after_long_help = AFTER_LONG_HELP
     )]

@@ -10,7 +10,9 @@ use lock_core::{LockError, LockGuard, LockOptions, LossReason};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
-use signal_hook::iterator::Signals;
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::iterator::SignalsInfo;
+use signal_hook::low_level::siginfo::Cause;
 
 use crate::cli::{BackendArgs, RunArgs};
 use crate::exit::{self, Failure};
@@ -22,8 +24,11 @@ const FORWARDED: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
 const BACKSTOP: Duration = Duration::from_millis(500);
 
 enum Event {
-    /// A signal to `distlock` (SIGCHLD included).
-    Signal(i32),
+    /// A signal to `distlock` that the command should get too.
+    Forward(i32),
+    /// A signal that needs no passing on: SIGCHLD, or one the kernel sent to the whole
+    /// foreground process group (Ctrl-C at the terminal), which the command got already.
+    Wake,
     /// The renewal thread found the lock lost.
     Lost(LossReason),
 }
@@ -82,7 +87,7 @@ pub fn run(args: &RunArgs, backend: &BackendArgs) -> Result<u8, Failure> {
 
     // Signals are caught from here on (before, the default action ends distlock, which
     // holds nothing yet): any that arrive before the child exists are passed on to it.
-    let mut signals = Signals::new(FORWARDED.iter().copied().chain([SIGCHLD]))
+    let mut signals = SignalsInfo::<WithOrigin>::new(FORWARDED.iter().copied().chain([SIGCHLD]))
         .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot catch signals: {e}")))?;
     let signal_handle = signals.handle();
     let signal_thread = {
@@ -90,8 +95,12 @@ pub fn run(args: &RunArgs, backend: &BackendArgs) -> Result<u8, Failure> {
         std::thread::Builder::new()
             .name("distlock-signals".into())
             .spawn(move || {
-                for signal in signals.forever() {
-                    if events.send(Event::Signal(signal)).is_err() {
+                for origin in signals.forever() {
+                    let event = match (origin.signal, origin.cause) {
+                        (SIGCHLD, _) | (_, Cause::Kernel) => Event::Wake,
+                        (signal, _) => Event::Forward(signal),
+                    };
+                    if events.send(event).is_err() {
                         break;
                     }
                 }
@@ -204,8 +213,8 @@ fn supervise(
             Stopping::Killed => BACKSTOP,
         };
         match inbox.recv_timeout(timeout.max(Duration::from_millis(1))) {
-            Ok(Event::Signal(SIGCHLD)) | Err(RecvTimeoutError::Timeout) => {}
-            Ok(Event::Signal(signal)) => send(pid, signal),
+            Ok(Event::Wake) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Event::Forward(signal)) => send(pid, signal),
             Ok(Event::Lost(reason)) => {
                 lost.get_or_insert_with(|| reason.to_string());
             }
