@@ -397,21 +397,32 @@ fn a_command_that_ignores_sigterm_gets_sigkill_after_the_grace() {
 
 #[test]
 fn sigterm_to_distlock_reaches_the_command_and_the_lock_is_released() {
+    signal_to_distlock_reaches_the_command_and_the_lock_is_released("TERM");
+}
+
+#[test]
+fn sigint_to_distlock_reaches_the_command_and_the_lock_is_released() {
+    signal_to_distlock_reaches_the_command_and_the_lock_is_released("INT");
+}
+
+fn signal_to_distlock_reaches_the_command_and_the_lock_is_released(sig: &str) {
     let server = RedisServer::shared();
-    let scratch = Scratch::new("sigterm");
+    let scratch = Scratch::new("signal");
     let (ready, got) = (scratch.path("ready"), scratch.path("got"));
-    let name = fresh("sigterm");
-    let script = "trap 'echo TERM > \"$2\"; exit 5' TERM; echo up > \"$1\"; \
-                  while :; do sleep 0.1; done";
+    let name = fresh("signal");
+    let script = format!(
+        "trap 'echo {sig} > \"$2\"; exit 5' {sig}; echo up > \"$1\"; \
+         while :; do sleep 0.1; done"
+    );
     let child = spawn(
         distlock()
             .args(["-u", &server.url(), "run", "--ttl", "30s", &name, "--"])
-            .args(["sh", "-c", script, "sh"])
+            .args(["sh", "-c", &script, "sh"])
             .args([&ready, &got]),
     );
     wait_for_file(&ready, MARGIN);
     assert!(lock_ttl_ms(&server, &name) > 0);
-    signal(child.id(), "TERM");
+    signal(child.id(), sig);
     let out = finish(child, MARGIN);
     assert_eq!(
         code(out.status),
@@ -419,7 +430,7 @@ fn sigterm_to_distlock_reaches_the_command_and_the_lock_is_released() {
         "the command's own status: {}",
         stderr(&out)
     );
-    assert_eq!(fs::read_to_string(&got).unwrap().trim(), "TERM");
+    assert_eq!(fs::read_to_string(&got).unwrap().trim(), sig);
     // Released, not left to its 30 s TTL.
     assert_eq!(lock_ttl_ms(&server, &name), -2);
 }
