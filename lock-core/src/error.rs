@@ -1,16 +1,22 @@
 //! The one public error type and the backend error it wraps.
+//!
+//! As the Rust API guidelines and `anyhow` expect, each level's `Display` describes that
+//! level only; the cause is reached through `source()`, so a printed chain shows every
+//! cause once.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use crate::loss::LossReason;
 use crate::name::LockName;
 
 /// Everything that can go wrong when taking, holding or releasing a lock.
 ///
 /// Contention is not an error: [`LockManager::try_lock`](crate::LockManager::try_lock)
 /// returns `Ok(None)` when somebody else holds the lock. Every variant names the lock it
-/// concerns (escaped for display, never a secret).
+/// concerns (escaped for display, never a secret). `Display` says what went wrong at this
+/// level only; a backend's failure is the [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
@@ -36,7 +42,14 @@ pub enum LockError {
         /// The lock that was lost.
         name: LockName,
         /// Why.
-        reason: crate::LossReason,
+        reason: LossReason,
+    },
+    /// The wait was cancelled through a [`CancelHandle`](crate::CancelHandle) before the
+    /// lock could be taken (or freed).
+    #[error("waiting for lock {name} was cancelled")]
+    Cancelled {
+        /// The lock that was waited for.
+        name: LockName,
     },
     /// The current thread already holds this lock through this manager, and the call did
     /// not ask for re-entrancy; waiting would only wait on ourselves.
@@ -53,16 +66,25 @@ pub enum LockError {
         /// What was wrong with it.
         reason: String,
     },
-    /// A backend could not be set up (for example an invalid URL or option). Not about any
-    /// one lock.
-    #[error("backend setup failed: {source}")]
+    /// A backend could not be set up (for example an invalid URL, option or certificate).
+    /// Not about any one lock.
+    #[error("backend setup failed")]
     Setup {
         /// What the backend reported.
         #[source]
         source: BackendError,
     },
+    /// The backend did not answer a call that concerns no one lock: a failed
+    /// [`health_check`](crate::LockManager::health_check) or ping. Not a setup failure:
+    /// the configuration may be fine and the server merely down.
+    #[error("backend unavailable")]
+    Unavailable {
+        /// What the backend reported.
+        #[source]
+        source: BackendError,
+    },
     /// The backend could not answer; the lock's state is unknown to this call.
-    #[error("backend failed for lock {name}: {source}")]
+    #[error("backend failed for lock {name}")]
     Backend {
         /// The lock the call was for.
         name: LockName,
@@ -73,9 +95,15 @@ pub enum LockError {
 }
 
 impl From<BackendError> for LockError {
-    /// A failure to set a backend up.
+    /// A backend error met outside any one lock's call (what `?` does in a backend's
+    /// constructor or on its ping): a [`Config`](BackendErrorKind::Config) or
+    /// [`Tls`](BackendErrorKind::Tls) error is a [`LockError::Setup`] failure; any other
+    /// kind means the backend did not answer, [`LockError::Unavailable`].
     fn from(source: BackendError) -> Self {
-        LockError::Setup { source }
+        match source.kind() {
+            BackendErrorKind::Config | BackendErrorKind::Tls => LockError::Setup { source },
+            _ => LockError::Unavailable { source },
+        }
     }
 }
 
@@ -94,16 +122,20 @@ impl LockError {
             | LockError::NotHeld { name }
             | LockError::Lost { name, .. }
             | LockError::WouldDeadlock { name }
+            | LockError::Cancelled { name }
             | LockError::Backend { name, .. } => Some(name),
             LockError::InvalidArgument { name, .. } => name.as_ref(),
-            LockError::Setup { .. } => None,
+            LockError::Setup { .. } | LockError::Unavailable { .. } => None,
         }
     }
 
-    /// The backend failure's kind, when this is a [`LockError::Backend`].
+    /// The backend failure's kind, when this is a [`LockError::Backend`],
+    /// [`LockError::Setup`] or [`LockError::Unavailable`].
     pub fn backend_kind(&self) -> Option<BackendErrorKind> {
         match self {
-            LockError::Backend { source, .. } | LockError::Setup { source } => Some(source.kind()),
+            LockError::Backend { source, .. }
+            | LockError::Setup { source }
+            | LockError::Unavailable { source } => Some(source.kind()),
             _ => None,
         }
     }
@@ -162,6 +194,9 @@ impl fmt::Display for BackendErrorKind {
 
 /// A failure reported by a [`LockBackend`](crate::LockBackend): a kind, a message that
 /// never contains a secret, and the underlying error kept as `source()`.
+///
+/// `Display` shows the kind and the message only; the message should describe this level
+/// (for example which server or node) and leave the underlying error to `source()`.
 #[derive(Debug)]
 pub struct BackendError {
     kind: BackendErrorKind,

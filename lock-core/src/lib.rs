@@ -58,12 +58,17 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod backend;
+mod cancel;
 mod clock;
+mod deadline;
 mod error;
 mod guard;
+mod hold;
+mod loss;
 mod manager;
 mod name;
 mod options;
+mod records;
 mod renew;
 mod stats;
 
@@ -71,9 +76,11 @@ mod stats;
 pub mod conformance;
 
 pub use backend::{Acquired, Extend, LockBackend};
+pub use cancel::{CancelHandle, CancelRegistration};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BackendError, BackendErrorKind, LockError};
-pub use guard::{LockGuard, LossReason, LostCallback};
+pub use guard::{LockGuard, SendGuard};
+pub use loss::{LossReason, LostCallback};
 pub use manager::{LockManager, LockManagerBuilder, MultiGuard};
 pub use name::{LockName, Token, MAX_NAME_LEN};
 pub use options::{
