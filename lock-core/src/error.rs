@@ -16,12 +16,13 @@ use crate::name::LockName;
 /// Contention is not an error: [`LockManager::try_lock`](crate::LockManager::try_lock)
 /// returns `Ok(None)` when somebody else holds the lock. Every variant names the lock it
 /// concerns (escaped for display, never a secret). `Display` says what went wrong at this
-/// level only; a backend's failure is the [`source`](std::error::Error::source).
+/// level only; a backend's failure is the [`source`](std::error::Error::source). The
+/// alternate form (`{:#}`) appends the whole chain of causes, as `anyhow` does:
+/// `backend failed for lock `job`: i/o error: cannot reach …: connection refused`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
     /// The lock stayed held by somebody else for the whole wait.
-    #[error("timed out after {waited:?} waiting for lock {name}")]
     Timeout {
         /// The lock that was asked for.
         name: LockName,
@@ -30,14 +31,12 @@ pub enum LockError {
     },
     /// The lock had expired or been taken over by another holder when we tried to release,
     /// extend or check it. Nothing of the other holder's was touched.
-    #[error("lock {name} is no longer held by this guard (it expired or was taken over)")]
     NotHeld {
         /// The lock that was lost.
         name: LockName,
     },
     /// The lock is known lost (renewal found it gone, or its validity passed): work done
     /// under it from now on is not exclusive.
-    #[error("lock {name} was lost: {reason}")]
     Lost {
         /// The lock that was lost.
         name: LockName,
@@ -46,20 +45,17 @@ pub enum LockError {
     },
     /// The wait was cancelled through a [`CancelHandle`](crate::CancelHandle) before the
     /// lock could be taken (or freed).
-    #[error("waiting for lock {name} was cancelled")]
     Cancelled {
         /// The lock that was waited for.
         name: LockName,
     },
     /// The current thread already holds this lock through this manager, and the call did
     /// not ask for re-entrancy; waiting would only wait on ourselves.
-    #[error("lock {name} is already held by this thread; waiting would deadlock (ask for a re-entrant lock to nest)")]
     WouldDeadlock {
         /// The lock that is already held.
         name: LockName,
     },
     /// A name, TTL, wait or option was rejected before any I/O.
-    #[error("invalid argument{}: {reason}", fmt_opt_name(name))]
     InvalidArgument {
         /// The lock the argument was for, when there is one.
         name: Option<LockName>,
@@ -68,7 +64,6 @@ pub enum LockError {
     },
     /// A backend could not be set up (for example an invalid URL, option or certificate).
     /// Not about any one lock.
-    #[error("backend setup failed")]
     Setup {
         /// What the backend reported.
         #[source]
@@ -77,14 +72,12 @@ pub enum LockError {
     /// The backend did not answer a call that concerns no one lock: a failed
     /// [`health_check`](crate::LockManager::health_check) or ping. Not a setup failure:
     /// the configuration may be fine and the server merely down.
-    #[error("backend unavailable")]
     Unavailable {
         /// What the backend reported.
         #[source]
         source: BackendError,
     },
     /// The backend could not answer; the lock's state is unknown to this call.
-    #[error("backend failed for lock {name}")]
     Backend {
         /// The lock the call was for.
         name: LockName,
@@ -107,10 +100,38 @@ impl From<BackendError> for LockError {
     }
 }
 
-fn fmt_opt_name(name: &Option<LockName>) -> String {
-    match name {
-        Some(n) => format!(" for lock {n}"),
-        None => String::new(),
+impl fmt::Display for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::Timeout { name, waited } => {
+                write!(f, "timed out after {waited:?} waiting for lock {name}")
+            }
+            LockError::NotHeld { name } => write!(
+                f,
+                "lock {name} is no longer held by this guard (it expired or was taken over)"
+            ),
+            LockError::Lost { name, reason } => write!(f, "lock {name} was lost: {reason}"),
+            LockError::Cancelled { name } => write!(f, "waiting for lock {name} was cancelled"),
+            LockError::WouldDeadlock { name } => write!(
+                f,
+                "lock {name} is already held by this thread; waiting would deadlock (ask for a re-entrant lock to nest)"
+            ),
+            LockError::InvalidArgument { name, reason } => match name {
+                Some(n) => write!(f, "invalid argument for lock {n}: {reason}"),
+                None => write!(f, "invalid argument: {reason}"),
+            },
+            LockError::Setup { .. } => f.write_str("backend setup failed"),
+            LockError::Unavailable { .. } => f.write_str("backend unavailable"),
+            LockError::Backend { name, .. } => write!(f, "backend failed for lock {name}"),
+        }?;
+        if f.alternate() {
+            let mut cause = StdError::source(self);
+            while let Some(c) = cause {
+                write!(f, ": {c}")?;
+                cause = c.source();
+            }
+        }
+        Ok(())
     }
 }
 

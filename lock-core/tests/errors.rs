@@ -103,3 +103,16 @@ fn a_failed_health_check_is_not_a_setup_failure() {
     let err = LockManager::new(Down).try_lock("x").unwrap_err();
     assert_no_level_repeats_its_cause(&err);
 }
+
+#[test]
+fn the_alternate_form_shows_the_whole_chain_once() {
+    let e = LockError::Backend {
+        name: LockName::new("job"),
+        source: io_failure(),
+    };
+    assert_eq!(e.to_string(), "backend failed for lock `job`");
+    assert_eq!(
+        format!("{e:#}"),
+        "backend failed for lock `job`: i/o error: cannot reach 127.0.0.1:1: connection refused"
+    );
+}

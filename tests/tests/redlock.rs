@@ -242,7 +242,8 @@ fn assert_quorum_errors(mgr: &LockManager, bound: Duration, what: &str) {
                     let err = r.expect_err("a guard without a quorum");
                     assert_eq!(err.backend_kind(), Some(BackendErrorKind::Quorum), "{err}");
                     assert!(
-                        err.to_string().contains("need") || err.to_string().contains("needed"),
+                        format!("{err:#}").contains("need")
+                            || format!("{err:#}").contains("needed"),
                         "{err}"
                     );
                     assert!(
@@ -283,18 +284,18 @@ fn majority_killed_every_acquire_is_a_quorum_error_in_bounded_time() {
         start.elapsed()
     );
     assert_names_outcomes(
-        &first.to_string(),
+        &format!("{first:#}"),
         &nodes,
         &[": error", ": timeout", ": not sent"],
     );
     assert_quorum_errors(&mgr, FAILED_ACQUIRE_BOUND, "3 of 5 nodes killed");
     let later = mgr.try_lock(fresh_name()).unwrap_err();
     assert_names_outcomes(
-        &later.to_string(),
+        &format!("{later:#}"),
         &nodes,
         &[": not sent", ": error", ": timeout"],
     );
-    assert!(later.to_string().contains("is down"), "{later}");
+    assert!(format!("{later:#}").contains("is down"), "{later}");
 }
 
 /// `text` names every node, and the first three with one of `outcomes`.
@@ -328,7 +329,7 @@ fn majority_paused_every_acquire_is_a_quorum_error_and_leaves_nothing() {
     assert!(took <= FAILED_ACQUIRE_BOUND, "{took:?}");
     // A paused node either times out, or fails to give a pooled connection in time.
     assert_names_outcomes(
-        &err.to_string(),
+        &format!("{err:#}"),
         &nodes,
         &[": timeout (no answer within 50ms)", ": error (timed out"],
     );
@@ -484,7 +485,7 @@ fn errors_name_nodes_but_never_passwords() {
     // The held lock lost its quorum: its release cannot be confirmed.
     let err = g.release().unwrap_err();
     assert_eq!(err.backend_kind(), Some(BackendErrorKind::Quorum), "{err}");
-    assert!(!err.to_string().contains(SECRET));
+    assert!(!format!("{err:#}").contains(SECRET));
 }
 
 #[test]
