@@ -62,8 +62,13 @@ pub(crate) enum Phase {
 
 struct State {
     phase: Phase,
-    /// Until when the backend vouched for the lock, on the manager's clock.
+    /// Until when the backend vouched for the lock, on the manager's clock: the lower
+    /// bound that `remaining()` and `check()` use.
     valid_until: Instant,
+    /// Until when the store keeps the key at most (the TTL asked for, counted from when
+    /// the store set it, up to the latency of the acquiring request): the upper bound
+    /// that keeps `extend` within `MAX_TTL` on the store.
+    store_until: Instant,
 }
 
 /// How a new hold is to be kept.
@@ -155,6 +160,7 @@ impl Hold {
                 },
                 // Validity is never above the TTL we asked for, whatever a backend says.
                 valid_until: add(attempt_start, acquired.validity.min(ttl)),
+                store_until: add(attempt_start, ttl),
             }),
         }
     }
@@ -301,11 +307,13 @@ impl Hold {
         }
     }
 
-    /// Renewal extended the lock by `validity` from `start`.
-    pub(crate) fn renewed(&self, start: Instant, validity: Duration) {
+    /// Renewal extended the lock to its TTL: by `validity` from `start`, and answered at
+    /// `replied`.
+    pub(crate) fn renewed(&self, start: Instant, replied: Instant, validity: Duration) {
         let mut st = self.state.lock();
         if let Phase::Held { renew_at: Some(_) } = st.phase {
             st.valid_until = add(start, validity.min(self.ttl));
+            st.store_until = add(replied, self.ttl);
             st.phase = Phase::Held {
                 renew_at: Some(add(start, renewal_interval(self.ttl))),
             };
@@ -362,14 +370,14 @@ impl Hold {
     }
 
     /// Extends or replaces the lock's time to live, owner-checked by the backend. The
-    /// time left never passes [`MAX_TTL`] as this process counts it.
+    /// time the store keeps the key never passes [`MAX_TTL`].
     pub(crate) fn change_ttl(&self, how: Extend) -> Result<(), LockError> {
         let start = self.ctx.clock.now();
         if let Extend::By(by) = how {
             let left = self
                 .state
                 .lock()
-                .valid_until
+                .store_until
                 .saturating_duration_since(start);
             if left.saturating_add(by) > MAX_TTL {
                 return Err(LockError::invalid(
@@ -383,7 +391,12 @@ impl Hold {
         }
         match self.ctx.backend.extend(self.key(), &self.token, how) {
             Ok(Some(validity)) => {
+                let replied = self.ctx.clock.now();
                 let mut st = self.state.lock();
+                st.store_until = match how {
+                    Extend::By(by) => add(st.store_until.max(replied), by),
+                    Extend::To(ttl) => add(replied, ttl),
+                };
                 if let Phase::Lost { reason, .. } = st.phase {
                     // Lost is final: the caller was told, or could have been.
                     return Err(LockError::Lost {

@@ -71,6 +71,7 @@ mod options;
 mod records;
 mod renew;
 mod stats;
+pub mod testing;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -150,7 +150,7 @@ impl Shared {
         {
             Ok(Some(validity)) => {
                 bump(&self.stats.renewals);
-                hold.renewed(start, validity);
+                hold.renewed(start, self.clock.now(), validity);
             }
             Ok(None) => hold.lose(crate::loss::LossReason::TakenOver),
             Err(e) => hold.renewal_failed(self.clock.now(), &e),

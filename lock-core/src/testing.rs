@@ -1,11 +1,12 @@
 //! Test doubles for any [`LockBackend`]: one wrapper, [`Faulty`], that forwards every
 //! trait method to the backend it wraps and can add latency, fail calls, lose replies
 //! (the call takes effect, the caller hears an error), panic, or break the backend's
-//! contract on purpose (to prove that the conformance suite catches it).
+//! contract on purpose (to prove that the conformance suite catches it). Re-exported as
+//! `lock_memory::testing`.
 //!
 //! ```
 //! use lock_core::{LockError, LockManager};
-//! use lock_memory::testing::{Fault, Faulty, Op};
+//! use lock_core::testing::{Fault, Faulty, Op};
 //! use lock_memory::MemoryBackend;
 //!
 //! # fn main() -> Result<(), LockError> {
@@ -26,9 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lock_core::{
-    Acquired, BackendError, BackendErrorKind, CancelHandle, Extend, LockBackend, Token,
-};
+use crate::{Acquired, BackendError, BackendErrorKind, CancelHandle, Extend, LockBackend, Token};
 use parking_lot::Mutex;
 
 /// A trait method of [`LockBackend`], to aim a fault at or count calls of.
@@ -64,7 +63,8 @@ pub enum Fault {
     Fail(BackendErrorKind),
     /// Forwards the call (it takes effect), then reports an I/O error: a lost reply.
     LoseReply,
-    /// Panics, as a buggy backend would.
+    /// Panics, as a buggy backend would (the only panic in this crate outside tests, and
+    /// only when asked for).
     Panic,
     /// Breaks the contract: `release` deletes the key whatever token holds it.
     IgnoreToken,
@@ -75,10 +75,18 @@ pub enum Fault {
 /// A backend wrapper that injects [`Fault`]s per [`Op`] and counts calls. Clones share
 /// the faults and the counters. Every trait method is forwarded (the clippy lint
 /// `missing_trait_methods` checks it), so wrapping changes nothing until a fault is set.
-#[derive(Clone)]
 pub struct Faulty<B> {
-    inner: B,
+    inner: Arc<B>,
     shared: Arc<Shared>,
+}
+
+impl<B> Clone for Faulty<B> {
+    fn clone(&self) -> Self {
+        Faulty {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -92,7 +100,7 @@ impl<B: LockBackend> Faulty<B> {
     /// Wraps `inner`, with no fault set.
     pub fn new(inner: B) -> Self {
         Faulty {
-            inner,
+            inner: Arc::new(inner),
             shared: Arc::new(Shared::default()),
         }
     }
@@ -106,6 +114,20 @@ impl<B: LockBackend> Faulty<B> {
     pub fn with(self, op: Op, fault: Fault) -> Self {
         self.set(op, fault);
         self
+    }
+
+    /// Fails every call that can fail (all but `dedicated` and the waits) with `kind`.
+    pub fn fail_all(&self, kind: BackendErrorKind) {
+        for op in [
+            Op::TryAcquire,
+            Op::Release,
+            Op::Extend,
+            Op::Inspect,
+            Op::ForceRelease,
+            Op::HealthCheck,
+        ] {
+            self.set(op, Fault::Fail(kind));
+        }
     }
 
     /// Removes every fault.
@@ -223,7 +245,7 @@ impl<B: LockBackend> LockBackend for Faulty<B> {
         self.enter(Op::Dedicated);
         let inner = self.inner.dedicated()?;
         Some(Box::new(Faulty {
-            inner,
+            inner: Arc::new(inner),
             shared: self.shared.clone(),
         }))
     }

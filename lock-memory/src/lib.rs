@@ -329,15 +329,57 @@ mod tests {
     use super::*;
     use lock_core::ManualClock;
 
-    lock_core::conformance_suite!(memory_manual_clock, || {
+    use lock_core::conformance::{run_all, Harness};
+    use lock_core::testing::{Fault, Faulty, Op};
+
+    fn manual() -> Harness<MemoryBackend> {
         let clock = ManualClock::new();
-        lock_core::conformance::Harness::new(MemoryBackend::with_clock(clock.clone()))
-            .with_clock(clock)
-    });
+        let store = MemoryBackend::with_clock(clock.clone());
+        Harness::from_factory(move || store.clone()).with_clock(clock)
+    }
+
+    lock_core::conformance_suite!(memory_manual_clock, manual, through_dyn);
 
     lock_core::conformance_suite!(memory_real_clock, || {
-        lock_core::conformance::Harness::new(MemoryBackend::new())
+        let store = MemoryBackend::new();
+        Harness::from_factory(move || store.clone())
     });
+
+    /// The test double changes nothing until a fault is set: the whole suite passes
+    /// through it.
+    #[test]
+    fn the_suite_passes_through_the_faulty_wrapper_without_faults() {
+        let clock = ManualClock::new();
+        let store = MemoryBackend::with_clock(clock.clone());
+        let h = Harness::from_factory(move || Faulty::new(store.clone())).with_clock(clock);
+        let failed: Vec<_> = run_all(&h)
+            .into_iter()
+            .filter(|(_, r)| r.is_err())
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    /// A backend that breaks the contract fails the suite: a release that ignores the
+    /// token, and an acquire that ignores contention.
+    #[test]
+    fn a_backend_that_breaks_the_contract_fails_the_suite() {
+        for (op, fault) in [
+            (Op::Release, Fault::IgnoreToken),
+            (Op::TryAcquire, Fault::IgnoreContention),
+        ] {
+            let clock = ManualClock::new();
+            let store = MemoryBackend::with_clock(clock.clone());
+            let h = Harness::from_factory(move || Faulty::new(store.clone()).with(op, fault))
+                .with_clock(clock);
+            let failed: Vec<_> = run_all(&h)
+                .into_iter()
+                .filter(|(_, r)| r.is_err())
+                .map(|(name, _)| name)
+                .collect();
+            assert!(!failed.is_empty(), "{fault:?} passed the whole suite");
+            eprintln!("{fault:?} fails: {failed:?}");
+        }
+    }
 
     #[test]
     fn expiry_is_lazy_and_exact_on_the_manual_clock() {
