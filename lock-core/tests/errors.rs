@@ -4,7 +4,9 @@
 
 use std::error::Error as _;
 
+use lock_core::testing::Faulty;
 use lock_core::{BackendError, BackendErrorKind, LockBackend, LockError, LockManager, LockName};
+use lock_memory::MemoryBackend;
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
     let mut out = vec![e.to_string()];
@@ -53,54 +55,23 @@ fn error_chains_show_every_cause_once() {
 }
 
 /// A backend that answers nothing.
-struct Down;
-
-impl LockBackend for Down {
-    fn try_acquire(
-        &self,
-        _: &[u8],
-        _: &lock_core::Token,
-        _: std::time::Duration,
-    ) -> Result<Option<lock_core::Acquired>, BackendError> {
-        Err(io_failure())
-    }
-    fn release(&self, _: &[u8], _: &lock_core::Token) -> Result<bool, BackendError> {
-        Err(io_failure())
-    }
-    fn extend(
-        &self,
-        _: &[u8],
-        _: &lock_core::Token,
-        _: lock_core::Extend,
-    ) -> Result<Option<std::time::Duration>, BackendError> {
-        Err(io_failure())
-    }
-    fn inspect(
-        &self,
-        _: &[u8],
-        _: Option<&lock_core::Token>,
-    ) -> Result<Option<std::time::Duration>, BackendError> {
-        Err(io_failure())
-    }
-    fn force_release(&self, _: &[u8]) -> Result<bool, BackendError> {
-        Err(io_failure())
-    }
-    fn health_check(&self) -> Result<(), BackendError> {
-        Err(io_failure())
-    }
+fn down() -> Faulty<MemoryBackend> {
+    let b = Faulty::new(MemoryBackend::new());
+    b.fail_all(BackendErrorKind::Io);
+    b
 }
 
 #[test]
 fn a_failed_health_check_is_not_a_setup_failure() {
-    let err = LockManager::new(Down).health_check().unwrap_err();
+    let err = LockManager::new(down()).health_check().unwrap_err();
     assert!(!matches!(err, LockError::Setup { .. }), "{err}");
     assert!(!err.to_string().contains("setup"), "{err}");
     assert_eq!(err.backend_kind(), Some(BackendErrorKind::Io));
     assert_no_level_repeats_its_cause(&err);
     // `?` on a backend's own ping: an unreachable server is not a setup failure either.
-    let converted: LockError = Down.health_check().unwrap_err().into();
+    let converted: LockError = down().health_check().unwrap_err().into();
     assert!(!converted.to_string().contains("setup"), "{converted}");
-    let err = LockManager::new(Down).try_lock("x").unwrap_err();
+    let err = LockManager::new(down()).try_lock("x").unwrap_err();
     assert_no_level_repeats_its_cause(&err);
 }
 
