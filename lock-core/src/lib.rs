@@ -55,6 +55,16 @@
 //! - **Same-thread safety.** The manager remembers what each thread holds; a second
 //!   request for the same name fails with [`LockError::WouldDeadlock`] unless the caller
 //!   asks for a re-entrant hold ([`LockOptions::reentrant`]).
+//! - **A hold's life** is one state machine (held, cap reached, lost, released): a guard
+//!   is never handed out for a hold that is expired or known lost, and once a hold is
+//!   reported lost it stays lost. The lost-lock callback runs on the renewal thread only
+//!   (see [`LostCallback`]).
+//! - **Cancellable waits.** A [`CancelHandle`] passed through [`LockOptions::cancel`]
+//!   stops a blocked wait from another thread at once ([`LockError::Cancelled`]).
+//! - **Guards that move.** [`LockGuard`] stays on its thread; [`LockGuard::into_send`]
+//!   makes a [`SendGuard`] that can be released, extended or renewed on another.
+//! - **Backend authors** run the `conformance` suite (feature `conformance`) and use the
+//!   [`testing`] doubles.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod backend;

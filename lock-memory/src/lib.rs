@@ -34,6 +34,7 @@
 //! replies or panics.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+use std::collections::hash_map::Entry as Entry_;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -213,35 +214,34 @@ impl LockBackend for MemoryBackend {
         let expires = Self::deadline(now, ttl);
         let mut st = self.shared.state.lock();
         let st = &mut *st;
-        if let Some(e) = st.held.get_mut(key) {
-            if e.expires > now {
-                if e.token != *token {
-                    return Ok(None);
+        let fresh = |fence: u64| Entry {
+            token: token.clone(),
+            expires,
+            fencing_token: fence,
+        };
+        // One hash on the hot path (a free name); the contended path pays for a key copy.
+        match st.held.entry(key.to_vec()) {
+            Entry_::Occupied(mut held) => {
+                let e = held.get_mut();
+                if e.expires > now {
+                    if e.token != *token {
+                        return Ok(None);
+                    }
+                    // A retry by the holder itself: refresh, keep the fencing token.
+                    e.expires = expires;
+                    return Ok(Some(Acquired {
+                        fencing_token: e.fencing_token,
+                        validity: ttl,
+                    }));
                 }
-                // A retry by the holder itself: refresh, keep the fencing token.
-                e.expires = expires;
-                return Ok(Some(Acquired {
-                    fencing_token: e.fencing_token,
-                    validity: ttl,
-                }));
+                st.fence += 1;
+                *e = fresh(st.fence);
             }
-            st.fence += 1;
-            *e = Entry {
-                token: token.clone(),
-                expires,
-                fencing_token: st.fence,
-            };
-        } else {
-            st.sweep_if_due(now);
-            st.fence += 1;
-            st.held.insert(
-                key.to_vec(),
-                Entry {
-                    token: token.clone(),
-                    expires,
-                    fencing_token: st.fence,
-                },
-            );
+            Entry_::Vacant(free) => {
+                st.fence += 1;
+                free.insert(fresh(st.fence));
+                st.sweep_if_due(now);
+            }
         }
         Ok(Some(Acquired {
             fencing_token: st.fence,
@@ -252,15 +252,16 @@ impl LockBackend for MemoryBackend {
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
         let now = self.shared.clock.now();
         let mut st = self.shared.state.lock();
-        let Some(e) = st.held.get(key) else {
+        // One hash on the hot path (our own live lock); a mismatch puts the entry back.
+        let Some((k, e)) = st.held.remove_entry(key) else {
             return Ok(false);
         };
         let live = e.expires > now;
         if e.token != *token && live {
+            st.held.insert(k, e);
             return Ok(false);
         }
         // Ours (live or expired), or expired: either way the name is free now.
-        st.held.remove(key);
         drop(st);
         if live {
             self.shared.released.notify_all();
