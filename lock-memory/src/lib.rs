@@ -23,7 +23,7 @@
 //! ```
 //!
 //! Waiters are woken by a release (a condition variable), not by polling at the retry cap,
-//! and a cancelled wait ([`CancelHandle`](lock_core::CancelHandle)) wakes at once.
+//! and a cancelled wait ([`CancelHandle`]) wakes at once.
 //!
 //! A free name costs no memory: a released name is removed at once, an expired one when
 //! it is next touched or by a sweep that runs after as many inserts as the store holds. Fencing tokens come from one
