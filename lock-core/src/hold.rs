@@ -428,7 +428,10 @@ impl Hold {
     /// deletion as a loss.
     fn release(&self) -> Result<(), LockError> {
         let now = self.ctx.clock.now();
-        self.state.lock().phase = Phase::Released;
+        if self._renewer.is_some() {
+            // Only the renewal thread looks at a hold once its last guard is going.
+            self.state.lock().phase = Phase::Released;
+        }
         let stats = &self.ctx.stats;
         stats.add_hold(now.saturating_duration_since(self.acquired_at));
         let error = match self.ctx.backend.release(self.key(), &self.token) {

@@ -70,7 +70,16 @@ struct State {
     fence: u64,
     /// Names inserted since the last sweep of expired entries.
     inserted: usize,
+    /// Key buffers of released names, reused by the next inserts so the hot path does
+    /// not allocate; at most [`SPARE_KEYS`] of them, so free names still cost nothing
+    /// that grows with their number.
+    spare: Vec<Vec<u8>>,
 }
+
+/// How many key buffers of released names are kept for reuse.
+const SPARE_KEYS: usize = 8;
+/// Only buffers up to this size are kept (a lock name and a prefix fit).
+const SPARE_KEY_MAX: usize = 1536;
 
 struct Entry {
     token: Token,
@@ -118,6 +127,7 @@ impl MemoryBackend {
                     held: HashMap::new(),
                     fence: 0,
                     inserted: 0,
+                    spare: Vec::new(),
                 }),
                 released: Condvar::new(),
                 clock: Arc::new(clock),
@@ -219,8 +229,16 @@ impl LockBackend for MemoryBackend {
             expires,
             fencing_token: fence,
         };
-        // One hash on the hot path (a free name); the contended path pays for a key copy.
-        match st.held.entry(key.to_vec()) {
+        // One hash on the hot path (a free name), and a reused key buffer.
+        let owned = match st.spare.pop() {
+            Some(mut buf) => {
+                buf.clear();
+                buf.extend_from_slice(key);
+                buf
+            }
+            None => key.to_vec(),
+        };
+        match st.held.entry(owned) {
             Entry_::Occupied(mut held) => {
                 let e = held.get_mut();
                 if e.expires > now {
@@ -262,6 +280,9 @@ impl LockBackend for MemoryBackend {
             return Ok(false);
         }
         // Ours (live or expired), or expired: either way the name is free now.
+        if st.spare.len() < SPARE_KEYS && k.capacity() <= SPARE_KEY_MAX {
+            st.spare.push(k);
+        }
         drop(st);
         if live {
             self.shared.released.notify_all();
