@@ -176,7 +176,12 @@ impl Hold {
 
     /// A guard goes: the last one releases the lock.
     pub(crate) fn drop_guard(&self) -> Result<(), LockError> {
-        if self.guards.fetch_sub(1, Ordering::AcqRel) != 1 {
+        // The common case, one guard, without a read-modify-write: when the count is 1
+        // nobody can add a guard any more (nested guards come from the records of a
+        // thread that holds a guard of the hold), so this guard is the last.
+        if self.guards.load(Ordering::Acquire) != 1
+            && self.guards.fetch_sub(1, Ordering::AcqRel) != 1
+        {
             return Ok(());
         }
         self.release()
