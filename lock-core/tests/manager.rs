@@ -307,3 +307,29 @@ fn a_failed_acquire_is_released_unless_it_never_left() {
         );
     }
 }
+
+#[test]
+fn a_send_guard_from_a_nested_hold_releases_with_the_last_guard() {
+    let (_clock, _backend, mgr) = setup();
+    let outer = mgr.lock("n").unwrap();
+    let inner = mgr
+        .lock_with("n", LockOptions::new().reentrant(true))
+        .unwrap();
+    let sent = outer.into_send();
+    // This thread still holds the name through `inner`.
+    assert!(matches!(
+        mgr.try_lock("n"),
+        Err(LockError::WouldDeadlock { .. })
+    ));
+    std::thread::spawn(move || sent.release())
+        .join()
+        .unwrap()
+        .unwrap();
+    assert!(
+        mgr.is_locked("n").unwrap(),
+        "released while a guard remained"
+    );
+    inner.release().unwrap();
+    assert!(!mgr.is_locked("n").unwrap());
+    assert!(mgr.try_lock("n").unwrap().is_some());
+}
