@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cancel::CancelHandle;
 use crate::error::BackendError;
 use crate::name::Token;
 
@@ -96,10 +97,22 @@ pub trait LockBackend: Send + Sync + 'static {
         let _ = key;
         std::thread::sleep(timeout)
     }
+
+    /// [`wait_for_release`](LockBackend::wait_for_release) for a wait that can be
+    /// cancelled: it must also return as soon as `cancel` is cancelled. The manager calls
+    /// it instead of `wait_for_release` when the caller passed a
+    /// [`CancelHandle`]. The default sleeps on the handle (so it wakes at once on
+    /// cancel, but not on a release); a backend that can be woken by a release overrides
+    /// it to keep that, registering a waker with [`CancelHandle::on_cancel`].
+    fn wait_for_release_cancellable(&self, key: &[u8], timeout: Duration, cancel: &CancelHandle) {
+        let _ = key;
+        cancel.sleep(timeout);
+    }
 }
 
 macro_rules! forward_backend {
     ($($ty:ty),*) => {$(
+        #[warn(clippy::missing_trait_methods)]
         impl<B: LockBackend + ?Sized> LockBackend for $ty {
             fn try_acquire(
                 &self,
@@ -138,6 +151,14 @@ macro_rules! forward_backend {
             }
             fn wait_for_release(&self, key: &[u8], timeout: Duration) {
                 (**self).wait_for_release(key, timeout)
+            }
+            fn wait_for_release_cancellable(
+                &self,
+                key: &[u8],
+                timeout: Duration,
+                cancel: &CancelHandle,
+            ) {
+                (**self).wait_for_release_cancellable(key, timeout, cancel)
             }
         }
     )*};

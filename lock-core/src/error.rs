@@ -1,21 +1,28 @@
 //! The one public error type and the backend error it wraps.
+//!
+//! As the Rust API guidelines and `anyhow` expect, each level's `Display` describes that
+//! level only; the cause is reached through `source()`, so a printed chain shows every
+//! cause once.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use crate::loss::LossReason;
 use crate::name::LockName;
 
 /// Everything that can go wrong when taking, holding or releasing a lock.
 ///
 /// Contention is not an error: [`LockManager::try_lock`](crate::LockManager::try_lock)
 /// returns `Ok(None)` when somebody else holds the lock. Every variant names the lock it
-/// concerns (escaped for display, never a secret).
+/// concerns (escaped for display, never a secret). `Display` says what went wrong at this
+/// level only; a backend's failure is the [`source`](std::error::Error::source). The
+/// alternate form (`{:#}`) appends the whole chain of causes, as `anyhow` does:
+/// `backend failed for lock `job`: i/o error: cannot reach …: connection refused`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
     /// The lock stayed held by somebody else for the whole wait.
-    #[error("timed out after {waited:?} waiting for lock {name}")]
     Timeout {
         /// The lock that was asked for.
         name: LockName,
@@ -24,45 +31,53 @@ pub enum LockError {
     },
     /// The lock had expired or been taken over by another holder when we tried to release,
     /// extend or check it. Nothing of the other holder's was touched.
-    #[error("lock {name} is no longer held by this guard (it expired or was taken over)")]
     NotHeld {
         /// The lock that was lost.
         name: LockName,
     },
     /// The lock is known lost (renewal found it gone, or its validity passed): work done
     /// under it from now on is not exclusive.
-    #[error("lock {name} was lost: {reason}")]
     Lost {
         /// The lock that was lost.
         name: LockName,
         /// Why.
-        reason: crate::LossReason,
+        reason: LossReason,
+    },
+    /// The wait was cancelled through a [`CancelHandle`](crate::CancelHandle) before the
+    /// lock could be taken (or freed).
+    Cancelled {
+        /// The lock that was waited for.
+        name: LockName,
     },
     /// The current thread already holds this lock through this manager, and the call did
     /// not ask for re-entrancy; waiting would only wait on ourselves.
-    #[error("lock {name} is already held by this thread; waiting would deadlock (ask for a re-entrant lock to nest)")]
     WouldDeadlock {
         /// The lock that is already held.
         name: LockName,
     },
     /// A name, TTL, wait or option was rejected before any I/O.
-    #[error("invalid argument{}: {reason}", fmt_opt_name(name))]
     InvalidArgument {
         /// The lock the argument was for, when there is one.
         name: Option<LockName>,
         /// What was wrong with it.
         reason: String,
     },
-    /// A backend could not be set up (for example an invalid URL or option). Not about any
-    /// one lock.
-    #[error("backend setup failed: {source}")]
+    /// A backend could not be set up (for example an invalid URL, option or certificate).
+    /// Not about any one lock.
     Setup {
         /// What the backend reported.
         #[source]
         source: BackendError,
     },
+    /// The backend did not answer a call that concerns no one lock: a failed
+    /// [`health_check`](crate::LockManager::health_check) or ping. Not a setup failure:
+    /// the configuration may be fine and the server merely down.
+    Unavailable {
+        /// What the backend reported.
+        #[source]
+        source: BackendError,
+    },
     /// The backend could not answer; the lock's state is unknown to this call.
-    #[error("backend failed for lock {name}: {source}")]
     Backend {
         /// The lock the call was for.
         name: LockName,
@@ -73,16 +88,50 @@ pub enum LockError {
 }
 
 impl From<BackendError> for LockError {
-    /// A failure to set a backend up.
+    /// A backend error met outside any one lock's call (what `?` does in a backend's
+    /// constructor or on its ping): a [`Config`](BackendErrorKind::Config) or
+    /// [`Tls`](BackendErrorKind::Tls) error is a [`LockError::Setup`] failure; any other
+    /// kind means the backend did not answer, [`LockError::Unavailable`].
     fn from(source: BackendError) -> Self {
-        LockError::Setup { source }
+        match source.kind() {
+            BackendErrorKind::Config | BackendErrorKind::Tls => LockError::Setup { source },
+            _ => LockError::Unavailable { source },
+        }
     }
 }
 
-fn fmt_opt_name(name: &Option<LockName>) -> String {
-    match name {
-        Some(n) => format!(" for lock {n}"),
-        None => String::new(),
+impl fmt::Display for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::Timeout { name, waited } => {
+                write!(f, "timed out after {waited:?} waiting for lock {name}")
+            }
+            LockError::NotHeld { name } => write!(
+                f,
+                "lock {name} is no longer held by this guard (it expired or was taken over)"
+            ),
+            LockError::Lost { name, reason } => write!(f, "lock {name} was lost: {reason}"),
+            LockError::Cancelled { name } => write!(f, "waiting for lock {name} was cancelled"),
+            LockError::WouldDeadlock { name } => write!(
+                f,
+                "lock {name} is already held by this thread; waiting would deadlock (ask for a re-entrant lock to nest)"
+            ),
+            LockError::InvalidArgument { name, reason } => match name {
+                Some(n) => write!(f, "invalid argument for lock {n}: {reason}"),
+                None => write!(f, "invalid argument: {reason}"),
+            },
+            LockError::Setup { .. } => f.write_str("backend setup failed"),
+            LockError::Unavailable { .. } => f.write_str("backend unavailable"),
+            LockError::Backend { name, .. } => write!(f, "backend failed for lock {name}"),
+        }?;
+        if f.alternate() {
+            let mut cause = StdError::source(self);
+            while let Some(c) = cause {
+                write!(f, ": {c}")?;
+                cause = c.source();
+            }
+        }
+        Ok(())
     }
 }
 
@@ -94,16 +143,20 @@ impl LockError {
             | LockError::NotHeld { name }
             | LockError::Lost { name, .. }
             | LockError::WouldDeadlock { name }
+            | LockError::Cancelled { name }
             | LockError::Backend { name, .. } => Some(name),
             LockError::InvalidArgument { name, .. } => name.as_ref(),
-            LockError::Setup { .. } => None,
+            LockError::Setup { .. } | LockError::Unavailable { .. } => None,
         }
     }
 
-    /// The backend failure's kind, when this is a [`LockError::Backend`].
+    /// The backend failure's kind, when this is a [`LockError::Backend`],
+    /// [`LockError::Setup`] or [`LockError::Unavailable`].
     pub fn backend_kind(&self) -> Option<BackendErrorKind> {
         match self {
-            LockError::Backend { source, .. } | LockError::Setup { source } => Some(source.kind()),
+            LockError::Backend { source, .. }
+            | LockError::Setup { source }
+            | LockError::Unavailable { source } => Some(source.kind()),
             _ => None,
         }
     }
@@ -162,6 +215,9 @@ impl fmt::Display for BackendErrorKind {
 
 /// A failure reported by a [`LockBackend`](crate::LockBackend): a kind, a message that
 /// never contains a secret, and the underlying error kept as `source()`.
+///
+/// `Display` shows the kind and the message only; the message should describe this level
+/// (for example which server or node) and leave the underlying error to `source()`.
 #[derive(Debug)]
 pub struct BackendError {
     kind: BackendErrorKind,

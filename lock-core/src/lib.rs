@@ -55,25 +55,43 @@
 //! - **Same-thread safety.** The manager remembers what each thread holds; a second
 //!   request for the same name fails with [`LockError::WouldDeadlock`] unless the caller
 //!   asks for a re-entrant hold ([`LockOptions::reentrant`]).
+//! - **A hold's life** is one state machine (held, cap reached, lost, released): a guard
+//!   is never handed out for a hold that is expired or known lost, and once a hold is
+//!   reported lost it stays lost. The lost-lock callback runs on the renewal thread only
+//!   (see [`LostCallback`]).
+//! - **Cancellable waits.** A [`CancelHandle`] passed through [`LockOptions::cancel`]
+//!   stops a blocked wait from another thread at once ([`LockError::Cancelled`]).
+//! - **Guards that move.** [`LockGuard`] stays on its thread; [`LockGuard::into_send`]
+//!   makes a [`SendGuard`] that can be released, extended or renewed on another.
+//! - **Backend authors** run the `conformance` suite (feature `conformance`) and use the
+//!   [`testing`] doubles.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod backend;
+mod cancel;
 mod clock;
+mod deadline;
 mod error;
 mod guard;
+mod hold;
+mod loss;
 mod manager;
 mod name;
 mod options;
+mod records;
 mod renew;
 mod stats;
+pub mod testing;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
 pub use backend::{Acquired, Extend, LockBackend};
+pub use cancel::{CancelHandle, CancelRegistration};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BackendError, BackendErrorKind, LockError};
-pub use guard::{LockGuard, LossReason, LostCallback};
+pub use guard::{LockGuard, SendGuard};
+pub use loss::{LossReason, LostCallback};
 pub use manager::{LockManager, LockManagerBuilder, MultiGuard};
 pub use name::{LockName, Token, MAX_NAME_LEN};
 pub use options::{

@@ -9,11 +9,16 @@ use parking_lot::Mutex;
 use rand::Rng;
 
 use crate::backend::LockBackend;
+use crate::cancel::CancelHandle;
 use crate::clock::{Clock, SystemClock};
+use crate::deadline::Deadline;
 use crate::error::LockError;
-use crate::guard::{self, Hold, HoldPlan, LockGuard, LostCallback};
+use crate::guard::LockGuard;
+use crate::hold::{Ctx, Hold, Plan};
+use crate::loss::{LossReason, LostCallback};
 use crate::name::{Key, LockName, Token};
 use crate::options::*;
+use crate::records::{self, Found};
 use crate::renew::Renewer;
 use crate::stats::{bump, LockStats, Stats};
 
@@ -39,45 +44,51 @@ static NEXT_MANAGER_ID: AtomicU64 = AtomicU64::new(1);
 /// ```
 #[derive(Clone)]
 pub struct LockManager {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub(crate) id: u64,
-    pub(crate) backend: Arc<dyn LockBackend>,
-    pub(crate) ttl: Duration,
-    pub(crate) wait: Option<Duration>,
-    pub(crate) retry_min: Duration,
-    pub(crate) retry_max: Duration,
-    pub(crate) prefix: Vec<u8>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) auto_renew: bool,
-    pub(crate) max_hold: Option<Duration>,
-    pub(crate) on_lost: Option<LostCallback>,
-    pub(crate) stats: Arc<Stats>,
-    /// Started on the first renewing hold; stops when the manager is dropped.
-    renewer: Mutex<Option<Renewer>>,
+struct Inner {
+    ctx: Arc<Ctx>,
+    ttl: Duration,
+    wait: Option<Duration>,
+    retry_min: Duration,
+    retry_max: Duration,
+    prefix: Vec<u8>,
+    auto_renew: bool,
+    max_hold: Option<Duration>,
+    on_lost: Option<LostCallback>,
+    /// Started on the first renewing hold; stops when the manager and every renewed
+    /// hold are gone.
+    renewer: Mutex<Option<Arc<Renewer>>>,
+}
+
+/// What one acquisition came to.
+enum Acquire {
+    /// Taken: the guard.
+    Taken(LockGuard),
+    /// Still held by somebody else when the wait ran out; the key is given back.
+    StillHeld(Key),
 }
 
 impl Inner {
-    /// Hands `hold` to the manager's renewal thread, starting it if needed.
-    pub(crate) fn renew(&self, hold: &Arc<Hold>) -> std::io::Result<()> {
+    /// The manager's renewal thread, started if needed.
+    fn renewer(&self) -> std::io::Result<Arc<Renewer>> {
         let mut renewer = self.renewer.lock();
-        if renewer.is_none() {
-            let backend = self
-                .backend
-                .dedicated()
-                .map_or_else(|| self.backend.clone(), Arc::from);
-            *renewer = Some(Renewer::start(
-                backend,
-                self.clock.clone(),
-                self.stats.clone(),
-            )?);
-        }
         if let Some(r) = renewer.as_ref() {
-            r.add(hold);
+            return Ok(r.clone());
         }
-        Ok(())
+        let ctx = &self.ctx;
+        let backend = ctx
+            .backend
+            .dedicated()
+            .map_or_else(|| ctx.backend.clone(), Arc::from);
+        let r = Arc::new(Renewer::start(
+            backend,
+            ctx.clock.clone(),
+            ctx.stats.clone(),
+        )?);
+        *renewer = Some(r.clone());
+        Ok(r)
     }
 }
 
@@ -139,17 +150,26 @@ impl LockManager {
     /// As [`lock`](LockManager::lock), except that contention is `Ok(None)`, not a timeout.
     pub fn try_lock(&self, name: impl AsRef<[u8]>) -> Result<Option<LockGuard>, LockError> {
         let key = check_name(&self.inner.prefix, name.as_ref())?;
-        let now = self.inner.clock.now();
-        Ok(self
-            .acquire(key, self.inner.ttl, (now, Some(now)), &LockOptions::new())?
-            .ok())
+        let now = self.inner.ctx.clock.now();
+        let options = LockOptions::new();
+        Ok(
+            match self.acquire(key, self.inner.ttl, Deadline::once(now), now, &options)? {
+                Acquire::Taken(guard) => Some(guard),
+                Acquire::StillHeld(_) => None,
+            },
+        )
     }
 
-    /// Takes `name` with per-call options (TTL, wait, re-entrancy, renewal).
+    /// Takes `name` with per-call options (TTL, wait, re-entrancy, renewal, cancel).
     ///
     /// # Errors
     /// As [`lock`](LockManager::lock), plus [`LockError::InvalidArgument`] for a TTL or
-    /// wait out of range.
+    /// wait out of range, [`LockError::Cancelled`] if the options' cancel handle was
+    /// cancelled during the wait, and [`LockError::Lost`] for a re-entrant request on a
+    /// hold of this thread that is already lost or expired: the caller's outer section
+    /// is no longer exclusive and should hear so, rather than get a guard for a dead
+    /// hold. The thread's record of that hold is dropped, so asking again takes the lock
+    /// anew.
     pub fn lock_with(
         &self,
         name: impl AsRef<[u8]>,
@@ -157,9 +177,9 @@ impl LockManager {
     ) -> Result<LockGuard, LockError> {
         let key = check_name(&self.inner.prefix, name.as_ref())?;
         let (ttl, wait) = self.resolve(&key, &options)?;
-        let start = self.inner.clock.now();
-        let deadline = wait.and_then(|w| start.checked_add(w));
-        self.acquire_or_time_out(key, ttl, (start, deadline), &options)
+        let start = self.inner.ctx.clock.now();
+        let deadline = Deadline::after(start, wait);
+        self.acquire_or_time_out(key, ttl, deadline, start, &options)
     }
 
     /// Takes every lock in `names` or none: in sorted order (duplicates removed), so two
@@ -208,17 +228,18 @@ impl LockManager {
             return Err(LockError::invalid(None, "lock_all needs at least one name"));
         };
         let (ttl, wait) = self.resolve(first, &options)?;
-        let start = self.inner.clock.now();
-        let deadline = wait.and_then(|w| start.checked_add(w));
+        let start = self.inner.ctx.clock.now();
+        // One deadline for the whole call: a timeout reports the whole wait.
+        let deadline = Deadline::after(start, wait);
         let mut guards = Vec::with_capacity(checked.len());
         for key in checked {
             // Each lock's validity counts from its own first attempt.
             let now = match guards.is_empty() {
                 true => start,
-                false => self.inner.clock.now(),
+                false => self.inner.ctx.clock.now(),
             };
             // On error the guards taken so far drop here, releasing them.
-            guards.push(self.acquire_or_time_out(key, ttl, (now, deadline), &options)?);
+            guards.push(self.acquire_or_time_out(key, ttl, deadline, now, &options)?);
         }
         Ok(MultiGuard { guards })
     }
@@ -254,12 +275,27 @@ impl LockManager {
         name: impl AsRef<[u8]>,
         timeout: Option<Duration>,
     ) -> Result<(), LockError> {
+        self.wait_unlocked_with(name, LockOptions::new().wait(timeout))
+    }
+
+    /// [`wait_unlocked`](LockManager::wait_unlocked) with options: the wait (the
+    /// manager's default wait if unset) and a [cancel handle](LockOptions::cancel); the
+    /// other options do not apply.
+    ///
+    /// # Errors
+    /// As [`wait_unlocked`](LockManager::wait_unlocked), and [`LockError::Cancelled`]
+    /// if the wait was cancelled.
+    pub fn wait_unlocked_with(
+        &self,
+        name: impl AsRef<[u8]>,
+        options: LockOptions,
+    ) -> Result<(), LockError> {
         let key = check_name(&self.inner.prefix, name.as_ref())?;
-        let wait = check_wait(Some(&key), timeout)?;
-        let start = self.inner.clock.now();
-        let deadline = wait.and_then(|w| start.checked_add(w));
-        let free = self.poll(key.as_bytes(), deadline, || {
-            match self.inner.backend.inspect(key.as_bytes(), None) {
+        let wait = check_wait(Some(&key), options.wait.unwrap_or(self.inner.wait))?;
+        let ctx = &self.inner.ctx;
+        let deadline = Deadline::after(ctx.clock.now(), wait);
+        let free = self.poll(&key, deadline, options.cancel.as_ref(), || {
+            match ctx.backend.inspect(key.as_bytes(), None) {
                 Ok(None) => Ok(Some(())),
                 Ok(Some(_)) => Ok(None),
                 Err(source) => Err(LockError::Backend {
@@ -269,7 +305,7 @@ impl LockManager {
             }
         })?;
         free.ok_or_else(|| LockError::Timeout {
-            waited: self.inner.clock.now().saturating_duration_since(start),
+            waited: deadline.waited(ctx.clock.now()),
             name: key.name(),
         })
     }
@@ -290,6 +326,7 @@ impl LockManager {
     pub fn ttl(&self, name: impl AsRef<[u8]>) -> Result<Option<Duration>, LockError> {
         let key = check_name(&self.inner.prefix, name.as_ref())?;
         self.inner
+            .ctx
             .backend
             .inspect(key.as_bytes(), None)
             .map_err(|source| LockError::Backend {
@@ -310,6 +347,7 @@ impl LockManager {
         let key = check_name(&self.inner.prefix, name.as_ref())?;
         log::warn!("force-unlocking lock {}", key.name());
         self.inner
+            .ctx
             .backend
             .force_release(key.as_bytes())
             .map_err(|source| LockError::Backend {
@@ -321,14 +359,19 @@ impl LockManager {
     /// Checks that the backend answers.
     ///
     /// # Errors
-    /// [`LockError::Setup`] carrying the backend's error if it does not.
+    /// [`LockError::Unavailable`] carrying the backend's error if it does not (not a
+    /// setup failure: the configuration may be fine and the server merely down).
     pub fn health_check(&self) -> Result<(), LockError> {
-        self.inner.backend.health_check().map_err(LockError::from)
+        self.inner
+            .ctx
+            .backend
+            .health_check()
+            .map_err(|source| LockError::Unavailable { source })
     }
 
     /// A snapshot of this manager's counters (shared by its clones).
     pub fn stats(&self) -> LockStats {
-        self.inner.stats.snapshot()
+        self.inner.ctx.stats.snapshot()
     }
 
     /// The manager's default TTL.
@@ -359,49 +402,58 @@ impl LockManager {
         &self,
         key: Key,
         ttl: Duration,
-        (start, deadline): (Instant, Option<Instant>),
+        deadline: Deadline,
+        first_attempt: Instant,
         options: &LockOptions,
     ) -> Result<LockGuard, LockError> {
-        match self.acquire(key, ttl, (start, deadline), options)? {
-            Ok(guard) => Ok(guard),
-            Err(key) => {
-                bump(&self.inner.stats.timeouts);
+        match self.acquire(key, ttl, deadline, first_attempt, options)? {
+            Acquire::Taken(guard) => Ok(guard),
+            Acquire::StillHeld(key) => {
+                let ctx = &self.inner.ctx;
+                bump(&ctx.stats.timeouts);
                 Err(LockError::Timeout {
                     name: key.name(),
-                    waited: self.inner.clock.now().saturating_duration_since(start),
+                    waited: deadline.waited(ctx.clock.now()),
                 })
             }
         }
     }
 
-    /// Takes `key` by the one polling loop, starting at `start` (the caller's reading of
-    /// the clock, so the hot path reads it once). `Ok(Err(key))` gives the key back if it
-    /// stayed held until `deadline`.
+    /// Takes `key` by the one polling loop. `first_attempt` is the caller's reading of
+    /// the clock (so the hot path reads it once), when the first attempt starts.
     fn acquire(
         &self,
         key: Key,
         ttl: Duration,
-        (start, deadline): (Instant, Option<Instant>),
+        deadline: Deadline,
+        first_attempt: Instant,
         options: &LockOptions,
-    ) -> Result<Result<LockGuard, Key>, LockError> {
+    ) -> Result<Acquire, LockError> {
         let inner = &self.inner;
-        if let Some(g) = guard::held_by_this_thread(inner, &key, options.reentrant)? {
-            bump(&inner.stats.acquired);
-            return Ok(Ok(g));
+        let ctx = &inner.ctx;
+        match records::find(ctx.id, &key, options.reentrant) {
+            Found::Nothing => {}
+            Found::Nested(hold) => {
+                bump(&ctx.stats.acquired);
+                return Ok(Acquire::Taken(LockGuard::new(hold)));
+            }
+            Found::WouldDeadlock => return Err(LockError::WouldDeadlock { name: key.name() }),
+            Found::Lost(reason) => {
+                return Err(LockError::Lost {
+                    name: key.name(),
+                    reason,
+                })
+            }
         }
         let token = Token::generate();
-        let mut first = true;
-        let result = self.poll(key.as_bytes(), deadline, || {
-            // The first attempt starts now; later ones read the clock again.
-            let attempt_start = if std::mem::take(&mut first) {
-                start
-            } else {
-                inner.clock.now()
-            };
-            match inner.backend.try_acquire(key.as_bytes(), &token, ttl) {
-                Ok(Some(acquired)) => Ok(Some((acquired, attempt_start))),
+        let mut attempt_start = Some(first_attempt);
+        let result = self.poll(&key, deadline, options.cancel.as_ref(), || {
+            // The first attempt starts at the caller's reading; later ones read again.
+            let start = attempt_start.take().unwrap_or_else(|| ctx.clock.now());
+            match ctx.backend.try_acquire(key.as_bytes(), &token, ttl) {
+                Ok(Some(acquired)) => Ok(Some((acquired, start))),
                 Ok(None) => {
-                    bump(&inner.stats.contended);
+                    bump(&ctx.stats.contended);
                     Ok(None)
                 }
                 Err(source) => {
@@ -409,7 +461,7 @@ impl LockManager {
                     // reply); take back anything our token may have set rather than leave
                     // it for a whole TTL. Best effort: the backend is already failing.
                     if source.may_have_taken_effect() {
-                        let _ = inner.backend.release(key.as_bytes(), &token);
+                        let _ = ctx.backend.release(key.as_bytes(), &token);
                     }
                     Err(LockError::Backend {
                         name: key.name(),
@@ -419,56 +471,93 @@ impl LockManager {
             }
         });
         let waited = match &result {
-            Ok(Some((_, attempt_start))) => attempt_start.saturating_duration_since(start),
-            _ => inner.clock.now().saturating_duration_since(start),
+            Ok(Some((_, start))) => deadline.waited(*start),
+            _ => deadline.waited(ctx.clock.now()),
         };
         if !waited.is_zero() {
-            inner.stats.add_wait(waited);
+            ctx.stats.add_wait(waited);
         }
-        let Some((acquired, attempt_start)) = result? else {
-            return Ok(Err(key));
+        let Some((acquired, start)) = result? else {
+            return Ok(Acquire::StillHeld(key));
         };
-        bump(&inner.stats.acquired);
-        let plan = HoldPlan {
-            renew: options.auto_renew.unwrap_or(inner.auto_renew),
+        bump(&ctx.stats.acquired);
+        let renew = options.auto_renew.unwrap_or(inner.auto_renew);
+        let renewer = match renew {
+            false => None,
+            true => match inner.renewer() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    // Without a renewal thread the lock still works; it just is not renewed.
+                    log::warn!("cannot renew lock {}: {e}", key.name());
+                    None
+                }
+            },
+        };
+        let plan = Plan {
+            renewer: renewer
+                .clone()
+                .map(|r| r as Arc<dyn std::any::Any + Send + Sync>),
             max_hold: options.max_hold.unwrap_or(inner.max_hold),
             on_lost: options.on_lost.clone().or_else(|| inner.on_lost.clone()),
         };
-        Ok(Ok(guard::new_hold(
-            inner.clone(),
+        let hold = Arc::new(Hold::new(
+            ctx.clone(),
             key,
             token,
             ttl,
             acquired,
-            attempt_start,
+            start,
             plan,
-        )))
+        ));
+        if let Some(r) = renewer {
+            r.add(&hold);
+        }
+        log::debug!(
+            "acquired lock {} (token {}…, fencing token {}, valid {:?})",
+            hold.name(),
+            hold.token.short(),
+            hold.fencing_token,
+            acquired.validity
+        );
+        records::push(&hold);
+        Ok(Acquire::Taken(LockGuard::new(hold)))
     }
 
     /// The one waiting loop: an attempt, then jittered exponential backoff bounded by
     /// the deadline, with a last attempt at the deadline. `Ok(None)` means the attempt
-    /// kept saying "not yet" until the deadline; `deadline == None` waits forever.
+    /// kept saying "not yet" until the deadline. A cancel ends the wait at once.
     fn poll<T>(
         &self,
-        key: &[u8],
-        deadline: Option<Instant>,
+        key: &Key,
+        deadline: Deadline,
+        cancel: Option<&CancelHandle>,
         mut attempt: impl FnMut() -> Result<Option<T>, LockError>,
     ) -> Result<Option<T>, LockError> {
         let inner = &self.inner;
+        let ctx = &inner.ctx;
+        let cancelled = || LockError::Cancelled { name: key.name() };
         let mut interval = inner.retry_min;
         loop {
+            if cancel.is_some_and(CancelHandle::is_cancelled) {
+                return Err(cancelled());
+            }
             if let Some(done) = attempt()? {
                 return Ok(Some(done));
             }
-            let now = inner.clock.now();
+            let now = ctx.clock.now();
             let mut pause = jitter(interval);
-            if let Some(deadline) = deadline {
-                if now >= deadline {
+            if let Some(left) = deadline.remaining(now) {
+                if left.is_zero() {
                     return Ok(None);
                 }
-                pause = pause.min(deadline - now);
+                pause = pause.min(left);
             }
-            inner.backend.wait_for_release(key, pause);
+            match cancel {
+                Some(c) => ctx
+                    .backend
+                    .wait_for_release_cancellable(key.as_bytes(), pause, c),
+                None => ctx.backend.wait_for_release(key.as_bytes(), pause),
+            }
             interval = (interval * 2).min(inner.retry_max);
         }
     }
@@ -605,12 +694,10 @@ impl LockManagerBuilder {
         self
     }
 
-    /// Called (on the renewal thread, once per hold) when renewal finds a lock lost.
-    /// Per-lock [`LockOptions::on_lost`] overrides it. Defaults to none.
-    pub fn on_lost(
-        mut self,
-        f: impl Fn(&LockName, crate::LossReason) + Send + Sync + 'static,
-    ) -> Self {
+    /// Called once, on the renewal thread, when a renewed lock gets lost before it is
+    /// released (see [`LostCallback`] for the rule). Per-lock [`LockOptions::on_lost`]
+    /// overrides it. Defaults to none.
+    pub fn on_lost(mut self, f: impl Fn(&LockName, LossReason) + Send + Sync + 'static) -> Self {
         self.on_lost = Some(LostCallback::new(f));
         self
     }
@@ -643,18 +730,20 @@ impl LockManagerBuilder {
         check_wait(None, self.max_hold)?;
         Ok(LockManager {
             inner: Arc::new(Inner {
-                id: NEXT_MANAGER_ID.fetch_add(1, Ordering::Relaxed),
-                backend: self.backend,
+                ctx: Arc::new(Ctx {
+                    id: NEXT_MANAGER_ID.fetch_add(1, Ordering::Relaxed),
+                    backend: self.backend,
+                    clock: self.clock,
+                    stats: Arc::new(Stats::default()),
+                }),
                 ttl,
                 wait,
                 retry_min: self.retry_min,
                 retry_max: self.retry_max,
                 prefix: self.prefix,
-                clock: self.clock,
                 auto_renew: self.auto_renew,
                 max_hold: self.max_hold,
                 on_lost: self.on_lost,
-                stats: Arc::new(Stats::default()),
                 renewer: Mutex::new(None),
             }),
         })

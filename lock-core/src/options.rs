@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use crate::cancel::CancelHandle;
 use crate::error::LockError;
-use crate::guard::LostCallback;
+use crate::loss::{LossReason, LostCallback};
 use crate::name::{Key, LockName, MAX_NAME_LEN};
 
 /// Default time to live of a lock: 10 s.
@@ -49,6 +50,7 @@ pub struct LockOptions {
     pub(crate) auto_renew: Option<bool>,
     pub(crate) max_hold: Option<Option<Duration>>,
     pub(crate) on_lost: Option<LostCallback>,
+    pub(crate) cancel: Option<CancelHandle>,
 }
 
 impl LockOptions {
@@ -97,13 +99,20 @@ impl LockOptions {
         self
     }
 
-    /// Called (on the renewal thread, once) if renewal finds this lock lost. Defaults to
-    /// the manager's callback, if any.
-    pub fn on_lost(
-        mut self,
-        f: impl Fn(&LockName, crate::LossReason) + Send + Sync + 'static,
-    ) -> Self {
+    /// Called once, on the manager's renewal thread, if this lock is renewed and gets
+    /// lost before it is released (see [`LostCallback`] for the rule). Defaults to the
+    /// manager's callback, if any.
+    pub fn on_lost(mut self, f: impl Fn(&LockName, LossReason) + Send + Sync + 'static) -> Self {
         self.on_lost = Some(LostCallback::new(f));
+        self
+    }
+
+    /// Lets another thread stop this call's wait: when `cancel` is
+    /// [cancelled](CancelHandle::cancel), the wait ends at once with
+    /// [`LockError::Cancelled`]. Applies to waiting calls (`lock_with`, `lock_all_with`,
+    /// `wait_unlocked_with`). Defaults to none.
+    pub fn cancel(mut self, cancel: &CancelHandle) -> Self {
+        self.cancel = Some(cancel.clone());
         self
     }
 }

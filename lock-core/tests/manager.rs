@@ -6,7 +6,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lock_core::{Clock, LockBackend, LockError, LockManager, LockOptions, LossReason, ManualClock};
+use lock_core::testing::{Fault, Faulty, Op};
+use lock_core::{
+    BackendErrorKind, Clock, LockBackend, LockError, LockManager, LockOptions, LossReason,
+    ManualClock,
+};
 use lock_memory::MemoryBackend;
 
 fn secs(n: u64) -> Duration {
@@ -282,65 +286,50 @@ fn counters_match_what_happened() {
     assert_eq!(s.hold_time, secs(1) + Duration::from_millis(500) + secs(2));
 }
 
-/// A backend whose acquire fails: with an error that may have reached the store (the
-/// manager then releases with the same token, best effort), or one marked unsent (it
-/// cannot have taken effect: no release, so the caller hears of it after one failure).
-struct FailingAcquire {
-    unsent: bool,
-    releases: AtomicUsize,
-}
-
-impl LockBackend for FailingAcquire {
-    fn try_acquire(
-        &self,
-        _: &[u8],
-        _: &lock_core::Token,
-        _: Duration,
-    ) -> Result<Option<lock_core::Acquired>, lock_core::BackendError> {
-        let e = lock_core::BackendError::new(lock_core::BackendErrorKind::Io, "down");
-        Err(if self.unsent { e.unsent() } else { e })
-    }
-    fn release(&self, _: &[u8], _: &lock_core::Token) -> Result<bool, lock_core::BackendError> {
-        self.releases.fetch_add(1, Ordering::SeqCst);
-        Ok(false)
-    }
-    fn extend(
-        &self,
-        _: &[u8],
-        _: &lock_core::Token,
-        _: lock_core::Extend,
-    ) -> Result<Option<Duration>, lock_core::BackendError> {
-        Ok(None)
-    }
-    fn inspect(
-        &self,
-        _: &[u8],
-        _: Option<&lock_core::Token>,
-    ) -> Result<Option<Duration>, lock_core::BackendError> {
-        Ok(None)
-    }
-    fn force_release(&self, _: &[u8]) -> Result<bool, lock_core::BackendError> {
-        Ok(false)
-    }
-    fn health_check(&self) -> Result<(), lock_core::BackendError> {
-        Ok(())
+/// An acquire that fails with an error that may have reached the store (a lost reply:
+/// the manager then releases with the same token, best effort), or with one marked
+/// unsent (it cannot have taken effect: no release, so the caller hears of it after one
+/// failure).
+#[test]
+fn a_failed_acquire_is_released_unless_it_never_left() {
+    for (fault, releases) in [
+        (Fault::LoseReply, 1),
+        (Fault::Fail(BackendErrorKind::Io), 0),
+    ] {
+        let backend = Faulty::new(MemoryBackend::new()).with(Op::TryAcquire, fault);
+        let mgr = LockManager::new(backend.clone());
+        let err = mgr.try_lock("x").unwrap_err();
+        assert!(matches!(err, LockError::Backend { .. }), "{err}");
+        assert_eq!(backend.calls(Op::Release), releases, "{fault:?}");
+        assert!(
+            !mgr.is_locked("x").unwrap(),
+            "{fault:?} left the lock behind"
+        );
     }
 }
 
 #[test]
-fn a_failed_acquire_is_released_unless_it_never_left() {
-    for unsent in [false, true] {
-        let backend = Arc::new(FailingAcquire {
-            unsent,
-            releases: AtomicUsize::new(0),
-        });
-        let mgr = LockManager::new(backend.clone());
-        let err = mgr.try_lock("x").unwrap_err();
-        assert!(matches!(err, LockError::Backend { .. }), "{err}");
-        assert_eq!(
-            backend.releases.load(Ordering::SeqCst),
-            usize::from(!unsent),
-            "unsent: {unsent}"
-        );
-    }
+fn a_send_guard_from_a_nested_hold_releases_with_the_last_guard() {
+    let (_clock, _backend, mgr) = setup();
+    let outer = mgr.lock("n").unwrap();
+    let inner = mgr
+        .lock_with("n", LockOptions::new().reentrant(true))
+        .unwrap();
+    let sent = outer.into_send();
+    // This thread still holds the name through `inner`.
+    assert!(matches!(
+        mgr.try_lock("n"),
+        Err(LockError::WouldDeadlock { .. })
+    ));
+    std::thread::spawn(move || sent.release())
+        .join()
+        .unwrap()
+        .unwrap();
+    assert!(
+        mgr.is_locked("n").unwrap(),
+        "released while a guard remained"
+    );
+    inner.release().unwrap();
+    assert!(!mgr.is_locked("n").unwrap());
+    assert!(mgr.try_lock("n").unwrap().is_some());
 }

@@ -22,16 +22,30 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Waiters are woken by a release (a condition variable), not by polling at the retry cap.
+//! Waiters are woken by a release (a condition variable), not by polling at the retry cap,
+//! and a cancelled wait ([`CancelHandle`]) wakes at once.
+//!
+//! A free name costs no memory: a released name is removed at once, an expired one when
+//! it is next touched or by a sweep that runs after as many inserts as the store holds. Fencing tokens come from one
+//! counter per store, so they stay strictly increasing for every name without keeping
+//! anything per name.
+//!
+//! [`testing`] holds test doubles that wrap any backend to add latency, failures, lost
+//! replies or panics.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+use std::collections::hash_map::Entry as Entry_;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lock_core::{Acquired, BackendError, Clock, Extend, LockBackend, SystemClock, Token};
+use lock_core::{
+    Acquired, BackendError, CancelHandle, Clock, Extend, LockBackend, SystemClock, Token,
+};
 use parking_lot::{Condvar, Mutex};
+
+pub mod testing;
 
 /// An in-process lock store. `Clone` shares the store: clones see the same locks.
 #[derive(Clone)]
@@ -45,46 +59,56 @@ struct Shared {
     clock: Arc<dyn Clock>,
 }
 
-/// One slot per key ever locked: kept after release, like Redis's fencing counter, so
-/// fencing tokens only grow and a re-lock costs no allocation.
-#[derive(Default)]
+/// The smallest store size at which expired entries are swept.
+const MIN_SWEEP: usize = 1024;
+
+/// Only held names are stored; a free name costs nothing.
 struct State {
-    slots: HashMap<Vec<u8>, Slot>,
+    held: HashMap<Vec<u8>, Entry>,
+    /// The last fencing token handed out, for any name: strictly increasing per name
+    /// because it is strictly increasing overall.
+    fence: u64,
+    /// Names inserted since the last sweep of expired entries.
+    inserted: usize,
+    /// Key buffers of released names, reused by the next inserts so the hot path does
+    /// not allocate; at most [`SPARE_KEYS`] of them, so free names still cost nothing
+    /// that grows with their number.
+    spare: Vec<Vec<u8>>,
 }
 
-#[derive(Default)]
-struct Slot {
-    holder: Option<Entry>,
-    /// The last fencing token handed out for this key.
-    fence: u64,
-}
+/// How many key buffers of released names are kept for reuse.
+const SPARE_KEYS: usize = 8;
+/// Only buffers up to this size are kept (a lock name and a prefix fit).
+const SPARE_KEY_MAX: usize = 1536;
 
 struct Entry {
     token: Token,
     expires: Instant,
-}
-
-impl Slot {
-    /// The live holder, dropping it first if it has expired.
-    fn live(&mut self, now: Instant) -> Option<&mut Entry> {
-        if self.holder.as_ref().is_some_and(|e| e.expires <= now) {
-            self.holder = None;
-        }
-        self.holder.as_mut()
-    }
+    fencing_token: u64,
 }
 
 impl State {
-    /// The live holder of `key`, if any.
+    /// The live holder of `key`, dropping an expired one.
     fn live(&mut self, key: &[u8], now: Instant) -> Option<&mut Entry> {
-        self.slots.get_mut(key)?.live(now)
+        if self.held.get(key).is_some_and(|e| e.expires <= now) {
+            self.held.remove(key);
+            return None;
+        }
+        self.held.get_mut(key)
     }
 
-    /// Removes the holder of `key` (live or not); whether a live one was removed.
-    fn clear(&mut self, key: &[u8], now: Instant) -> bool {
-        self.slots
-            .get_mut(key)
-            .is_some_and(|slot| slot.live(now).is_some() && slot.holder.take().is_some())
+    /// Drops every expired entry once as many names were inserted since the last sweep
+    /// as the store holds (and at least [`MIN_SWEEP`]), so names that expired without
+    /// being touched again do not pile up; each sweep is paid for by the inserts before
+    /// it (amortised O(1)).
+    fn sweep_if_due(&mut self, now: Instant) {
+        self.inserted += 1;
+        if self.inserted < self.held.len().max(MIN_SWEEP) {
+            return;
+        }
+        self.inserted = 0;
+        self.held.retain(|_, e| e.expires > now);
+        self.held.shrink_to_fit();
     }
 }
 
@@ -99,7 +123,12 @@ impl MemoryBackend {
     pub fn with_clock(clock: impl Clock) -> Self {
         MemoryBackend {
             shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    held: HashMap::new(),
+                    fence: 0,
+                    inserted: 0,
+                    spare: Vec::new(),
+                }),
                 released: Condvar::new(),
                 clock: Arc::new(clock),
             }),
@@ -112,9 +141,9 @@ impl MemoryBackend {
         self.shared
             .state
             .lock()
-            .slots
+            .held
             .values()
-            .filter(|s| s.holder.as_ref().is_some_and(|e| e.expires > now))
+            .filter(|e| e.expires > now)
             .count()
     }
 
@@ -125,6 +154,47 @@ impl MemoryBackend {
 
     fn deadline(now: Instant, ttl: Duration) -> Instant {
         now.checked_add(ttl).unwrap_or(now)
+    }
+
+    /// Blocks until `key` is free, `timeout` has passed or `cancel` is cancelled.
+    fn wait(&self, key: &[u8], timeout: Duration, cancel: Option<&CancelHandle>) {
+        let shared = &self.shared;
+        let clock = &shared.clock;
+        if !clock.is_real() {
+            // Nothing can be released "meanwhile" on a clock only the test moves.
+            if !cancel.is_some_and(CancelHandle::is_cancelled) {
+                clock.sleep(timeout);
+            }
+            return;
+        }
+        let _registration = cancel.map(|c| {
+            let waker = Arc::downgrade(shared);
+            c.on_cancel(move || {
+                if let Some(shared) = waker.upgrade() {
+                    // Under the lock the waiter checks the handle with: no lost wake-up.
+                    let _st = shared.state.lock();
+                    shared.released.notify_all();
+                }
+            })
+        });
+        let deadline = Instant::now().checked_add(timeout);
+        let mut st = shared.state.lock();
+        loop {
+            if cancel.is_some_and(CancelHandle::is_cancelled) {
+                return;
+            }
+            let now = clock.now();
+            // Wake at the deadline or when the holder's TTL runs out, whichever is first.
+            let expires = match st.live(key, now) {
+                None => return,
+                Some(e) => e.expires,
+            };
+            let until = deadline.map_or(expires, |d| d.min(expires));
+            if now >= until {
+                return;
+            }
+            shared.released.wait_until(&mut st, until);
+        }
     }
 }
 
@@ -153,28 +223,46 @@ impl LockBackend for MemoryBackend {
         let now = self.shared.clock.now();
         let expires = Self::deadline(now, ttl);
         let mut st = self.shared.state.lock();
-        let slot = match st.slots.get_mut(key) {
-            Some(slot) => slot,
-            None => st.slots.entry(key.to_vec()).or_default(),
+        let st = &mut *st;
+        let fresh = |fence: u64| Entry {
+            token: token.clone(),
+            expires,
+            fencing_token: fence,
         };
-        let fencing_token = match slot.live(now) {
-            Some(e) if e.token != *token => return Ok(None),
-            Some(e) => {
-                // A retry by the holder itself: refresh, keep the fencing token.
-                e.expires = expires;
-                slot.fence
+        // One hash on the hot path (a free name), and a reused key buffer.
+        let owned = match st.spare.pop() {
+            Some(mut buf) => {
+                buf.clear();
+                buf.extend_from_slice(key);
+                buf
             }
-            None => {
-                slot.fence += 1;
-                slot.holder = Some(Entry {
-                    token: token.clone(),
-                    expires,
-                });
-                slot.fence
-            }
+            None => key.to_vec(),
         };
+        match st.held.entry(owned) {
+            Entry_::Occupied(mut held) => {
+                let e = held.get_mut();
+                if e.expires > now {
+                    if e.token != *token {
+                        return Ok(None);
+                    }
+                    // A retry by the holder itself: refresh, keep the fencing token.
+                    e.expires = expires;
+                    return Ok(Some(Acquired {
+                        fencing_token: e.fencing_token,
+                        validity: ttl,
+                    }));
+                }
+                st.fence += 1;
+                *e = fresh(st.fence);
+            }
+            Entry_::Vacant(free) => {
+                st.fence += 1;
+                free.insert(fresh(st.fence));
+                st.sweep_if_due(now);
+            }
+        }
         Ok(Some(Acquired {
-            fencing_token,
+            fencing_token: st.fence,
             validity: ttl,
         }))
     }
@@ -182,16 +270,24 @@ impl LockBackend for MemoryBackend {
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
         let now = self.shared.clock.now();
         let mut st = self.shared.state.lock();
-        let Some(slot) = st.slots.get_mut(key) else {
+        // One hash on the hot path (our own live lock); a mismatch puts the entry back.
+        let Some((k, e)) = st.held.remove_entry(key) else {
             return Ok(false);
         };
-        let ours = slot.live(now).is_some_and(|e| e.token == *token);
-        if ours {
-            slot.holder = None;
-            drop(st);
+        let live = e.expires > now;
+        if e.token != *token && live {
+            st.held.insert(k, e);
+            return Ok(false);
+        }
+        // Ours (live or expired), or expired: either way the name is free now.
+        if st.spare.len() < SPARE_KEYS && k.capacity() <= SPARE_KEY_MAX {
+            st.spare.push(k);
+        }
+        drop(st);
+        if live {
             self.shared.released.notify_all();
         }
-        Ok(ours)
+        Ok(live)
     }
 
     fn extend(
@@ -227,7 +323,7 @@ impl LockBackend for MemoryBackend {
     fn force_release(&self, key: &[u8]) -> Result<bool, BackendError> {
         let now = self.shared.clock.now();
         let mut st = self.shared.state.lock();
-        let existed = st.clear(key, now);
+        let existed = st.held.remove(key).is_some_and(|e| e.expires > now);
         drop(st);
         self.shared.released.notify_all();
         Ok(existed)
@@ -237,28 +333,16 @@ impl LockBackend for MemoryBackend {
         Ok(())
     }
 
+    fn dedicated(&self) -> Option<Box<dyn LockBackend>> {
+        None
+    }
+
     fn wait_for_release(&self, key: &[u8], timeout: Duration) {
-        let clock = &self.shared.clock;
-        if !clock.is_real() {
-            // Nothing can be released "meanwhile" on a clock only the test moves.
-            clock.sleep(timeout);
-            return;
-        }
-        let deadline = Instant::now().checked_add(timeout);
-        let mut st = self.shared.state.lock();
-        loop {
-            let now = clock.now();
-            // Wake at the deadline or when the holder's TTL runs out, whichever is first.
-            let expires = match st.live(key, now) {
-                None => return,
-                Some(e) => e.expires,
-            };
-            let until = deadline.map_or(expires, |d| d.min(expires));
-            if now >= until {
-                return;
-            }
-            self.shared.released.wait_until(&mut st, until);
-        }
+        self.wait(key, timeout, None)
+    }
+
+    fn wait_for_release_cancellable(&self, key: &[u8], timeout: Duration, cancel: &CancelHandle) {
+        self.wait(key, timeout, Some(cancel))
     }
 }
 
@@ -267,15 +351,57 @@ mod tests {
     use super::*;
     use lock_core::ManualClock;
 
-    lock_core::conformance_suite!(memory_manual_clock, || {
+    use lock_core::conformance::{run_all, Harness};
+    use lock_core::testing::{Fault, Faulty, Op};
+
+    fn manual() -> Harness<MemoryBackend> {
         let clock = ManualClock::new();
-        lock_core::conformance::Harness::new(MemoryBackend::with_clock(clock.clone()))
-            .with_clock(clock)
-    });
+        let store = MemoryBackend::with_clock(clock.clone());
+        Harness::from_factory(move || store.clone()).with_clock(clock)
+    }
+
+    lock_core::conformance_suite!(memory_manual_clock, manual, through_dyn);
 
     lock_core::conformance_suite!(memory_real_clock, || {
-        lock_core::conformance::Harness::new(MemoryBackend::new())
+        let store = MemoryBackend::new();
+        Harness::from_factory(move || store.clone())
     });
+
+    /// The test double changes nothing until a fault is set: the whole suite passes
+    /// through it.
+    #[test]
+    fn the_suite_passes_through_the_faulty_wrapper_without_faults() {
+        let clock = ManualClock::new();
+        let store = MemoryBackend::with_clock(clock.clone());
+        let h = Harness::from_factory(move || Faulty::new(store.clone())).with_clock(clock);
+        let failed: Vec<_> = run_all(&h)
+            .into_iter()
+            .filter(|(_, r)| r.is_err())
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+
+    /// A backend that breaks the contract fails the suite: a release that ignores the
+    /// token, and an acquire that ignores contention.
+    #[test]
+    fn a_backend_that_breaks_the_contract_fails_the_suite() {
+        for (op, fault) in [
+            (Op::Release, Fault::IgnoreToken),
+            (Op::TryAcquire, Fault::IgnoreContention),
+        ] {
+            let clock = ManualClock::new();
+            let store = MemoryBackend::with_clock(clock.clone());
+            let h = Harness::from_factory(move || Faulty::new(store.clone()).with(op, fault))
+                .with_clock(clock);
+            let failed: Vec<_> = run_all(&h)
+                .into_iter()
+                .filter(|(_, r)| r.is_err())
+                .map(|(name, _)| name)
+                .collect();
+            assert!(!failed.is_empty(), "{fault:?} passed the whole suite");
+            eprintln!("{fault:?} fails: {failed:?}");
+        }
+    }
 
     #[test]
     fn expiry_is_lazy_and_exact_on_the_manual_clock() {
@@ -294,5 +420,56 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         assert_eq!(b.inspect(b"k", None).unwrap(), None);
         assert!(b.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod reclaim_tests {
+    use super::*;
+    use lock_core::ManualClock;
+
+    fn stored(b: &MemoryBackend) -> usize {
+        b.shared.state.lock().held.len()
+    }
+
+    /// Defect 8: a name that is free (released, or expired) costs no memory, and fencing
+    /// tokens still only grow for a name that comes back.
+    #[test]
+    fn free_names_cost_no_memory_and_fencing_still_grows() {
+        let clock = ManualClock::new();
+        let b = MemoryBackend::with_clock(clock.clone());
+        let ttl = Duration::from_secs(10);
+        let mut last = 0;
+        for i in 0..10_000u32 {
+            let key = format!("lock:n{i}").into_bytes();
+            let t = Token::generate();
+            let a = b.try_acquire(&key, &t, ttl).unwrap().unwrap();
+            assert!(a.fencing_token > last);
+            last = a.fencing_token;
+            assert!(b.release(&key, &t).unwrap());
+        }
+        assert_eq!(stored(&b), 0, "released names are still stored");
+        for i in 0..10_000u32 {
+            let key = format!("lock:e{i}").into_bytes();
+            b.try_acquire(&key, &Token::generate(), ttl)
+                .unwrap()
+                .unwrap();
+        }
+        clock.advance(ttl);
+        // Expired names go too, amortised over later calls.
+        for i in 0..10_000u32 {
+            let key = format!("lock:m{i}").into_bytes();
+            let t = Token::generate();
+            b.try_acquire(&key, &t, ttl).unwrap().unwrap();
+            assert!(b.release(&key, &t).unwrap());
+        }
+        assert!(
+            stored(&b) < 1_000,
+            "{} expired names still stored",
+            stored(&b)
+        );
+        let t = Token::generate();
+        let again = b.try_acquire(b"lock:n0", &t, ttl).unwrap().unwrap();
+        assert!(again.fencing_token > last);
     }
 }

@@ -257,7 +257,7 @@ fn majority_failed_is_a_quorum_error_naming_every_node() {
     let err = b.try_acquire(&k, &t, ms(10_000)).unwrap_err();
     let took = start.elapsed();
     assert_eq!(err.kind(), BackendErrorKind::Quorum, "{err}");
-    let text = err.to_string();
+    let text = format!("{err:#}");
     for want in [
         "1 of 3 nodes, 2 needed",
         "mem0: acquired",
@@ -580,8 +580,7 @@ fn a_failing_node_is_left_alone_until_it_answers_a_ping() {
     let err = b.try_acquire(&k, &Token::generate(), ms(1000)).unwrap_err();
     assert!(start.elapsed() < ms(60), "{:?}", start.elapsed());
     assert!(
-        err.to_string()
-            .contains("mem2: not sent (i/o error: node mem2 is down"),
+        format!("{err:#}").contains("mem2: not sent (i/o error: node mem2 is down"),
         "{err}"
     );
     // Healed, it is used again once it answers: a health check asks every node at once.

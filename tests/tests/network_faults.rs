@@ -182,7 +182,7 @@ fn latency_past_the_read_timeout_is_a_timeout_error_and_leaves_no_lock_behind() 
     assert_eq!(kind, BackendErrorKind::Timeout, "{err}");
     // The attempt and the manager's cleanup release, each one read timeout.
     assert!(took <= t.failed_acquire(), "{took:?}");
-    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(format!("{err:#}").contains("timed out"), "{err}");
     eprintln!("latency past the read timeout: {err} after {took:?}");
 
     // Both commands were sent on the one pooled connection, so the server runs the late

@@ -180,7 +180,7 @@ fn bad_urls_are_setup_errors() {
     ] {
         let err = RedisBackend::connect(url).unwrap_err();
         assert!(matches!(err, LockError::Setup { .. }), "{url}: {err}");
-        assert!(!err.to_string().contains("pw@"), "{err}");
+        assert!(!format!("{err:#}").contains("pw@"), "{err}");
     }
     assert!(RedisBackend::builder("redis://127.0.0.1/")
         .pool_size(0)

@@ -267,7 +267,8 @@ fn assert_quorum_errors(mgr: &LockManager, bound: Duration, what: &str) {
                     let err = r.expect_err("a guard without a quorum");
                     assert_eq!(err.backend_kind(), Some(BackendErrorKind::Quorum), "{err}");
                     assert!(
-                        err.to_string().contains("need") || err.to_string().contains("needed"),
+                        format!("{err:#}").contains("need")
+                            || format!("{err:#}").contains("needed"),
                         "{err}"
                     );
                     assert!(
@@ -307,18 +308,18 @@ fn majority_killed_every_acquire_is_a_quorum_error_in_bounded_time() {
         start.elapsed()
     );
     assert_names_outcomes(
-        &first.to_string(),
+        &format!("{first:#}"),
         &nodes,
         &[": error", ": timeout", ": not sent"],
     );
     assert_quorum_errors(&mgr, FAILED_ACQUIRE_BOUND, "3 of 5 nodes killed");
     let later = mgr.try_lock(fresh_name()).unwrap_err();
     assert_names_outcomes(
-        &later.to_string(),
+        &format!("{later:#}"),
         &nodes,
         &[": not sent", ": error", ": timeout"],
     );
-    assert!(later.to_string().contains("is down"), "{later}");
+    assert!(format!("{later:#}").contains("is down"), "{later}");
 }
 
 /// `text` names every node, and the first three with one of `outcomes`.
@@ -353,7 +354,7 @@ fn majority_paused_every_acquire_is_a_quorum_error_and_leaves_nothing() {
     // A paused node either times out, or fails to give a pooled connection in time.
     let timed_out = format!(": timeout (no answer within {NODE_TIMEOUT:?})");
     assert_names_outcomes(
-        &err.to_string(),
+        &format!("{err:#}"),
         &nodes,
         &[&timed_out, ": error (timed out"],
     );
@@ -528,7 +529,7 @@ fn errors_name_nodes_but_never_passwords() {
     // The held lock lost its quorum: its release cannot be confirmed.
     let err = g.release().unwrap_err();
     assert_eq!(err.backend_kind(), Some(BackendErrorKind::Quorum), "{err}");
-    assert!(!err.to_string().contains(SECRET));
+    assert!(!format!("{err:#}").contains(SECRET));
 }
 
 #[test]

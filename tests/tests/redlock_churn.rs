@@ -511,7 +511,7 @@ impl WorkerLog {
         let (kind, outcome) = match e {
             LockError::Timeout { .. } => ("timeout", Outcome::Timeout),
             LockError::Backend { source, .. } if source.kind() == BackendErrorKind::Quorum => {
-                let text = e.to_string();
+                let text = format!("{e:#}");
                 let unnamed: Vec<&String> = shared
                     .node_names
                     .iter()

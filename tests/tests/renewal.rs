@@ -196,3 +196,81 @@ fn lock_all_in_random_orders_never_deadlocks_and_counts_exactly() {
     assert_eq!(stats.timeouts, 0);
     assert_eq!(stats.failed_releases, 0);
 }
+
+/// Issue 11, defect 3 on Redis: a lost-lock callback that panics does not stop the
+/// manager's renewal thread; later locks are still renewed past many TTLs.
+#[test]
+fn a_panicking_on_lost_callback_does_not_stop_renewal_on_redis() {
+    let server = RedisServer::shared();
+    let ttl = ms(300);
+    let mgr = LockManager::builder(RedisBackend::connect(&server.url()).unwrap())
+        .auto_renew(true)
+        .on_lost(|_, _| panic!("a callback that panics"))
+        .build()
+        .unwrap();
+    let admin = LockManager::new(RedisBackend::connect(&server.url()).unwrap());
+    let (a, b) = (fresh(), fresh());
+    let doomed = mgr.lock_with(&a, LockOptions::new().ttl(ttl)).unwrap();
+    assert!(admin.force_unlock(&a).unwrap());
+    // Seen at the next renewal (a third of the TTL), with generous scheduling margin.
+    time_until(ttl * 20, || doomed.is_lost());
+    time_until(ttl * 20, || mgr.stats().lost == 1);
+    let kept = mgr.lock_with(&b, LockOptions::new().ttl(ttl)).unwrap();
+    let renewed = mgr.stats().renewals;
+    std::thread::sleep(ttl * 5);
+    assert!(mgr.stats().renewals > renewed, "renewal stopped");
+    kept.check().unwrap();
+    assert!(kept.is_held().unwrap());
+    assert!(kept.is_renewing());
+}
+
+/// Issue 11, defect 5 on Redis: the callback runs once, on the renewal thread, even when
+/// the owner's own call found the loss first.
+#[test]
+fn on_lost_runs_once_on_the_renewal_thread_on_redis() {
+    let server = RedisServer::shared();
+    let ttl = ms(600);
+    let seen: Arc<parking_lot::Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    let mgr = LockManager::builder(RedisBackend::connect(&server.url()).unwrap())
+        .auto_renew(true)
+        .on_lost(move |_, reason| {
+            let thread = std::thread::current().name().unwrap_or("?").to_owned();
+            record.lock().push(format!("{thread} {reason:?}"));
+        })
+        .build()
+        .unwrap();
+    let admin = LockManager::new(RedisBackend::connect(&server.url()).unwrap());
+    let name = fresh();
+    let g = mgr.lock_with(&name, LockOptions::new().ttl(ttl)).unwrap();
+    assert!(admin.force_unlock(&name).unwrap());
+    assert!(!g.is_held().unwrap());
+    time_until(ttl * 20, || !seen.lock().is_empty());
+    std::thread::sleep(ttl);
+    assert_eq!(*seen.lock(), ["lock-renewal TakenOver"]);
+}
+
+/// Issue 11, the `Send` guard on Redis: a renewed lock taken on one thread is kept alive
+/// past several TTLs and released on another.
+#[test]
+fn a_send_guard_is_renewed_and_released_on_another_thread_on_redis() {
+    let server = RedisServer::shared();
+    let ttl = ms(300);
+    let mgr = LockManager::builder(RedisBackend::connect(&server.url()).unwrap())
+        .auto_renew(true)
+        .build()
+        .unwrap();
+    let name = fresh();
+    let g = mgr
+        .lock_with(&name, LockOptions::new().ttl(ttl))
+        .unwrap()
+        .into_send();
+    let worker = std::thread::spawn(move || {
+        std::thread::sleep(ttl * 5);
+        g.check()?;
+        assert!(g.is_held()?);
+        g.release()
+    });
+    worker.join().unwrap().unwrap();
+    assert!(!mgr.is_locked(&name).unwrap());
+}

@@ -78,7 +78,7 @@ impl Seen {
 
     /// An error with `{}` and `{:?}`, and every error in its `source()` chain.
     fn error(&mut self, e: &LockError) {
-        self.shown.push(e.to_string());
+        self.shown.push(format!("{e:#}"));
         self.debug(e);
         let mut source = e.source();
         while let Some(s) = source {
@@ -408,8 +408,8 @@ fn no_password_or_whole_token_in_any_log_line_or_formatted_value() {
                 // TLS to a plaintext port may also time out (see tests/tests/tls.rs).
                 let timed_out = kind == BackendErrorKind::Tls
                     && got == Some(BackendErrorKind::Timeout)
-                    && err.to_string().contains("tls handshake");
-                assert!(got == Some(kind) || timed_out, "expected {kind}: {err}");
+                    && format!("{err:#}").contains("tls handshake");
+                assert!(got == Some(kind) || timed_out, "expected {kind}: {err:#}");
                 fail_everything(&mut seen, &mgr);
                 seen
             })

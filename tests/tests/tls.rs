@@ -77,7 +77,7 @@ fn assert_fails(backend: RedisBackend, kind: BackendErrorKind, says: &[&str]) {
     };
     assert!(matches!(err, LockError::Backend { .. }), "{err}");
     assert_eq!(err.backend_kind(), Some(kind), "{err}");
-    for shown in [ping.to_string(), err.to_string()] {
+    for shown in [ping.to_string(), format!("{err:#}")] {
         for s in says {
             assert!(shown.contains(s), "{s:?} not in: {shown}");
         }
@@ -97,7 +97,7 @@ fn setup_error(b: RedisBackendBuilder) -> String {
     let err = b.build().unwrap_err();
     assert!(matches!(err, LockError::Setup { .. }), "{err}");
     assert_eq!(err.backend_kind(), Some(BackendErrorKind::Config), "{err}");
-    err.to_string()
+    format!("{err:#}")
 }
 
 // ---- it works ------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ fn tls_to_a_plaintext_port_fails_clearly_within_the_timeouts() {
     });
     for (took, err) in tries {
         eprintln!("tls to plaintext after {took:?}: {err}");
-        let shown = err.to_string();
+        let shown = format!("{err:#}");
         match err.kind() {
             BackendErrorKind::Tls => {
                 assert!(shown.contains("does not speak tls on this port"), "{shown}")
@@ -495,7 +495,7 @@ fn redlock_tls_options_are_checked_per_node() {
         .build()
         .unwrap_err();
     assert_eq!(err.backend_kind(), Some(BackendErrorKind::Config), "{err}");
-    let shown = err.to_string();
+    let shown = format!("{err:#}");
     assert!(
         shown.contains("node 2 of the list") && shown.contains("rediss://"),
         "{shown}"
@@ -504,7 +504,7 @@ fn redlock_tls_options_are_checked_per_node() {
         .build()
         .unwrap_err();
     assert!(
-        err.to_string().contains("danger_accept_invalid_certs"),
+        format!("{err:#}").contains("danger_accept_invalid_certs"),
         "{err}"
     );
     RedlockBackend::builder(&["rediss://127.0.0.1:1/#insecure"])
