@@ -71,7 +71,7 @@ pub fn code_of(e: &LockError) -> u8 {
 
 impl From<LockError> for Failure {
     fn from(e: LockError) -> Self {
-        Failure::new(code_of(&e), e.to_string())
+        Failure::new(code_of(&e), format!("{e:#}"))
     }
 }
 

@@ -240,7 +240,7 @@ fn finish(guard: LockGuard, status: ExitStatus, program: &str) -> Result<u8, Fai
             Ok(exit::LOST)
         }
         Err(e) => {
-            eprintln!("distlock: could not release: {e}; the lock expires after its TTL");
+            eprintln!("distlock: could not release: {e:#}; the lock expires after its TTL");
             Ok(code)
         }
     }
