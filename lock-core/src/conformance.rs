@@ -231,6 +231,14 @@ fn key(name: &str) -> Vec<u8> {
     format!("{}{name}", crate::DEFAULT_PREFIX).into_bytes()
 }
 
+/// The TTL of the cases that let a lock expire: long enough for a quorum of Redlock
+/// nodes to answer (and the next call to be made) on a busy machine, short enough to
+/// wait out in real time.
+const SHORT_TTL: Duration = Duration::from_millis(300);
+
+/// How long those cases wait for it to pass: the TTL and a margin.
+const PAST_SHORT_TTL: Duration = Duration::from_millis(400);
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -450,9 +458,9 @@ pub fn release_after_expiry_is_not_held<B: LockBackend>(h: &Harness<B>) {
     let mgr = h.manager();
     let name = fresh_name();
     let g = mgr
-        .lock_with(&name, LockOptions::new().ttl(ms(50)))
+        .lock_with(&name, LockOptions::new().ttl(SHORT_TTL))
         .unwrap();
-    h.sleep(ms(120));
+    h.sleep(PAST_SHORT_TTL);
     assert_eq!(g.remaining(), Duration::ZERO);
     assert!(matches!(g.release(), Err(LockError::NotHeld { .. })));
     assert!(!mgr.is_locked(&name).unwrap());
@@ -466,8 +474,10 @@ pub fn release_after_takeover_is_not_held_and_leaves_the_new_holder<B: LockBacke
 ) {
     let (a, b) = (h.manager(), h.manager());
     let name = fresh_name();
-    let old = a.lock_with(&name, LockOptions::new().ttl(ms(50))).unwrap();
-    h.sleep(ms(120));
+    let old = a
+        .lock_with(&name, LockOptions::new().ttl(SHORT_TTL))
+        .unwrap();
+    h.sleep(PAST_SHORT_TTL);
     let new = b
         .lock_with(&name, LockOptions::new().ttl(Duration::from_secs(10)))
         .unwrap();
@@ -558,9 +568,9 @@ pub fn extend_after_expiry_fails_and_recreates_nothing<B: LockBackend>(h: &Harne
     let mgr = h.manager();
     let name = fresh_name();
     let g = mgr
-        .lock_with(&name, LockOptions::new().ttl(ms(50)))
+        .lock_with(&name, LockOptions::new().ttl(SHORT_TTL))
         .unwrap();
-    h.sleep(ms(120));
+    h.sleep(PAST_SHORT_TTL);
     assert!(matches!(g.extend(ms(5000)), Err(LockError::NotHeld { .. })));
     assert!(matches!(
         g.set_ttl(ms(5000)),
@@ -688,10 +698,10 @@ pub fn is_held_reflects_ownership<B: LockBackend>(h: &Harness<B>) {
     let mgr = h.manager();
     let name = fresh_name();
     let g = mgr
-        .lock_with(&name, LockOptions::new().ttl(ms(50)))
+        .lock_with(&name, LockOptions::new().ttl(SHORT_TTL))
         .unwrap();
     assert!(g.is_held().unwrap());
-    h.sleep(ms(120));
+    h.sleep(PAST_SHORT_TTL);
     let _other = h.manager().lock(&name).unwrap();
     assert!(!g.is_held().unwrap());
 }
@@ -964,10 +974,11 @@ pub fn extend_is_capped_at_max_ttl<B: LockBackend>(h: &Harness<B>) {
 pub fn reentrant_request_on_an_expired_hold_is_lost<B: LockBackend>(h: &Harness<B>) {
     let mgr = h.manager();
     let name = fresh_name();
+    // Long enough for a quorum of Redlock nodes to answer on a busy machine.
     let outer = mgr
-        .lock_with(&name, LockOptions::new().ttl(ms(50)).reentrant(true))
+        .lock_with(&name, LockOptions::new().ttl(ms(300)).reentrant(true))
         .unwrap();
-    h.sleep(ms(120));
+    h.sleep(ms(400));
     let _theirs = h.manager().lock(&name).unwrap();
     let nested = mgr.lock_with(&name, LockOptions::new().reentrant(true));
     assert!(matches!(nested, Err(LockError::Lost { .. })), "{nested:?}");
@@ -980,10 +991,10 @@ pub fn forgotten_expired_guard_does_not_block_its_thread<B: LockBackend>(h: &Har
     let mgr = h.manager();
     let name = fresh_name();
     std::mem::forget(
-        mgr.lock_with(&name, LockOptions::new().ttl(ms(50)))
+        mgr.lock_with(&name, LockOptions::new().ttl(SHORT_TTL))
             .unwrap(),
     );
-    h.sleep(ms(120));
+    h.sleep(PAST_SHORT_TTL);
     let again = mgr.try_lock(&name).unwrap();
     assert!(
         again.is_some(),

@@ -9,6 +9,10 @@ use lock_redis::RedisBackend;
 use lock_tests::harness::RedisServer;
 use rand::seq::SliceRandom;
 
+/// Scheduling margin on top of a bound that the configuration gives, for a busy
+/// two-core machine.
+const SLACK: Duration = Duration::from_millis(300);
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -79,8 +83,9 @@ fn a_renewed_one_second_lock_held_five_seconds_is_never_lost_or_taken() {
     assert_eq!(stolen.load(Ordering::SeqCst), 0);
     assert!(g.is_held().unwrap());
     let renewals = mgr.stats().renewals;
-    // One renewal per third of the TTL: about 15 in 5 s.
-    assert!((12..=17).contains(&renewals), "{renewals} renewals");
+    // One renewal per third of the TTL: about 15 in 5 s, never more than 16; fewer when
+    // a busy machine runs the renewal thread late (each renewal is timed from the last).
+    assert!((8..=16).contains(&renewals), "{renewals} renewals");
     g.release().unwrap();
     assert_eq!(mgr.stats().lost, 0);
 }
@@ -105,7 +110,7 @@ fn a_key_deleted_behind_our_back_is_detected_within_one_renewal_interval() {
         "deleted key detected after {took:?} (renewal interval {:?})",
         ttl / 3
     );
-    assert!(took <= ttl / 3 + ms(50), "{took:?}");
+    assert!(took <= ttl / 3 + SLACK, "{took:?}");
     assert!(matches!(
         g.check(),
         Err(LockError::Lost {
@@ -133,7 +138,7 @@ fn a_server_paused_past_the_validity_makes_check_fail_in_time() {
         "paused server: check() failed {took:?} after the pause ({since_acquire:?} after acquire)"
     );
     // The validity ends at most one TTL after the last renewal; check() fails then, not later.
-    assert!(took <= ttl + ms(50), "{took:?}");
+    assert!(took <= ttl + SLACK, "{took:?}");
     assert!(g.is_lost());
 }
 
@@ -202,7 +207,8 @@ fn lock_all_in_random_orders_never_deadlocks_and_counts_exactly() {
 #[test]
 fn a_panicking_on_lost_callback_does_not_stop_renewal_on_redis() {
     let server = RedisServer::shared();
-    let ttl = ms(300);
+    // Renewed every third of it: a busy machine may run a renewal a few hundred ms late.
+    let ttl = ms(1000);
     let mgr = LockManager::builder(RedisBackend::connect(&server.url()).unwrap())
         .auto_renew(true)
         .on_lost(|_, _| panic!("a callback that panics"))
@@ -217,7 +223,7 @@ fn a_panicking_on_lost_callback_does_not_stop_renewal_on_redis() {
     time_until(ttl * 20, || mgr.stats().lost == 1);
     let kept = mgr.lock_with(&b, LockOptions::new().ttl(ttl)).unwrap();
     let renewed = mgr.stats().renewals;
-    std::thread::sleep(ttl * 5);
+    std::thread::sleep(ttl * 3);
     assert!(mgr.stats().renewals > renewed, "renewal stopped");
     kept.check().unwrap();
     assert!(kept.is_held().unwrap());
@@ -255,7 +261,8 @@ fn on_lost_runs_once_on_the_renewal_thread_on_redis() {
 #[test]
 fn a_send_guard_is_renewed_and_released_on_another_thread_on_redis() {
     let server = RedisServer::shared();
-    let ttl = ms(300);
+    // Renewed every third of it: a busy machine may run a renewal a few hundred ms late.
+    let ttl = ms(1000);
     let mgr = LockManager::builder(RedisBackend::connect(&server.url()).unwrap())
         .auto_renew(true)
         .build()
@@ -266,7 +273,7 @@ fn a_send_guard_is_renewed_and_released_on_another_thread_on_redis() {
         .unwrap()
         .into_send();
     let worker = std::thread::spawn(move || {
-        std::thread::sleep(ttl * 5);
+        std::thread::sleep(ttl * 3);
         g.check()?;
         assert!(g.is_held()?);
         g.release()
