@@ -9,6 +9,10 @@ use lock_redlock::RedlockBackend;
 use lock_tests::harness::RedisServer;
 use lock_tests::proxy::{Mode, Proxy};
 
+/// Short against the latencies injected here (400 ms), long enough that live nodes on a
+/// busy two-core machine answer within it.
+const NODE_TIMEOUT: Duration = Duration::from_millis(200);
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -21,7 +25,7 @@ fn a_release_on_a_reset_idle_connection_waits_no_longer_than_the_node_timeout() 
     let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     let backend = RedlockBackend::builder(&urls)
-        .node_timeout(ms(50))
+        .node_timeout(NODE_TIMEOUT)
         .build()
         .unwrap();
     for _ in 0..3 {
@@ -56,9 +60,10 @@ fn a_release_on_a_reset_idle_connection_waits_no_longer_than_the_node_timeout() 
     let released = backend.release(key.as_bytes(), &token);
     let took = start.elapsed();
     assert!(released.unwrap());
+    // Not the connect or read timeout (1 s each): the node timeout, and scheduling margin.
     assert!(
-        took < ms(250),
-        "release took {took:?} with a 50 ms node timeout"
+        took < NODE_TIMEOUT + ms(300),
+        "release took {took:?} with a {NODE_TIMEOUT:?} node timeout"
     );
 }
 
@@ -72,10 +77,12 @@ fn a_granted_locks_release_never_overtakes_a_late_acquire_on_its_node() {
     let proxy = Proxy::start(&servers[2].addr()).unwrap();
     let urls = vec![servers[0].url(), servers[1].url(), proxy.url()];
     let backend = RedlockBackend::builder(&urls)
-        .node_timeout(ms(50))
+        .node_timeout(NODE_TIMEOUT)
         .build()
         .unwrap();
     // Open several connections to every node (concurrent callers), and load the scripts.
+    // Only the connections matter here: on a busy machine a call may miss the node
+    // timeout and fail, which is no fault of this warm-up.
     thread::scope(|s| {
         for _ in 0..6 {
             let b = backend.clone();
@@ -83,17 +90,15 @@ fn a_granted_locks_release_never_overtakes_a_late_acquire_on_its_node() {
                 for _ in 0..30 {
                     let key = format!("lock:{}", lock_core::conformance::fresh_name());
                     let t = Token::generate();
-                    if b.try_acquire(key.as_bytes(), &t, ms(5_000))
-                        .unwrap()
-                        .is_some()
-                    {
-                        b.release(key.as_bytes(), &t).unwrap();
+                    if let Ok(Some(_)) = b.try_acquire(key.as_bytes(), &t, ms(5_000)) {
+                        let _ = b.release(key.as_bytes(), &t);
                     }
-                    b.health_check().unwrap();
+                    let _ = b.health_check();
                 }
             });
         }
     });
+    backend.health_check().unwrap();
     assert!(
         proxy.open_connections() >= 2,
         "{}",
