@@ -390,8 +390,15 @@ impl LockManager {
         key: &Key,
         options: &LockOptions,
     ) -> Result<(Duration, Option<Duration>), LockError> {
-        let ttl = check_ttl(Some(key), options.ttl.unwrap_or(self.inner.ttl))?;
-        let wait = check_wait(Some(key), options.wait.unwrap_or(self.inner.wait))?;
+        // The manager's defaults were checked by `build`.
+        let ttl = match options.ttl {
+            None => self.inner.ttl,
+            Some(ttl) => check_ttl(Some(key), ttl)?,
+        };
+        let wait = match options.wait {
+            None => self.inner.wait,
+            Some(wait) => check_wait(Some(key), wait)?,
+        };
         if let Some(Some(cap)) = options.max_hold {
             check_wait(Some(key), Some(cap))?;
         }
