@@ -167,6 +167,12 @@ impl Hold {
         plan: Plan,
     ) -> Self {
         let renewed = plan.renewer.is_some();
+        let store_until = add(attempt_start, ttl);
+        // Validity is never above the TTL we asked for, whatever a backend says.
+        let valid_until = match acquired.validity >= ttl {
+            true => store_until,
+            false => add(attempt_start, acquired.validity),
+        };
         Hold {
             ctx,
             key,
@@ -186,9 +192,8 @@ impl Hold {
                 phase: Phase::Held {
                     renew_at: renewed.then(|| add(attempt_start, renewal_interval(ttl))),
                 },
-                // Validity is never above the TTL we asked for, whatever a backend says.
-                valid_until: add(attempt_start, acquired.validity.min(ttl)),
-                store_until: add(attempt_start, ttl),
+                valid_until,
+                store_until,
             }),
         }
     }
