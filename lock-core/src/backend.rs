@@ -1,7 +1,7 @@
 //! The backend trait: one-shot primitives, nothing else.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cancel::CancelHandle;
 use crate::error::BackendError;
@@ -57,6 +57,32 @@ pub trait LockBackend: Send + Sync + 'static {
     /// Deletes `key` if and only if it is held by `token`, atomically. `Ok(false)` means
     /// it had expired or is held by another token, which is left untouched.
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError>;
+
+    /// [`try_acquire`](LockBackend::try_acquire) from a caller that has just read the
+    /// system monotonic clock: `now` is an [`Instant::now`] reading taken before this
+    /// call. A backend whose TTLs run on that same clock may count from `now` instead of
+    /// reading the clock again (an in-process store: a clock read is a large part of its
+    /// cost); counting from a reading taken before the call never lengthens a lock. The
+    /// default ignores `now`. The manager calls this instead of `try_acquire` when its
+    /// own clock is [`SystemClock`](crate::SystemClock).
+    fn try_acquire_at(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<Option<Acquired>, BackendError> {
+        let _ = now;
+        self.try_acquire(key, token, ttl)
+    }
+
+    /// [`release`](LockBackend::release) from a caller that has just read the system
+    /// monotonic clock, as for [`try_acquire_at`](LockBackend::try_acquire_at): a backend
+    /// on that clock may judge expiry at `now`. The default ignores `now`.
+    fn release_at(&self, key: &[u8], token: &Token, now: Instant) -> Result<bool, BackendError> {
+        let _ = now;
+        self.release(key, token)
+    }
 
     /// Changes the time to live of `key` if and only if it is held by `token`,
     /// atomically. Returns the new validity measured from the start of the call, or
@@ -124,6 +150,23 @@ macro_rules! forward_backend {
             }
             fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
                 (**self).release(key, token)
+            }
+            fn try_acquire_at(
+                &self,
+                key: &[u8],
+                token: &Token,
+                ttl: Duration,
+                now: Instant,
+            ) -> Result<Option<Acquired>, BackendError> {
+                (**self).try_acquire_at(key, token, ttl, now)
+            }
+            fn release_at(
+                &self,
+                key: &[u8],
+                token: &Token,
+                now: Instant,
+            ) -> Result<bool, BackendError> {
+                (**self).release_at(key, token, now)
             }
             fn extend(
                 &self,

@@ -46,6 +46,14 @@ impl Clock for SystemClock {
     }
 }
 
+/// Whether `C` is the [`SystemClock`], whose readings are plain [`Instant::now`] ones
+/// (what [`LockBackend::try_acquire_at`](crate::LockBackend::try_acquire_at) takes). By
+/// type, so a clock cannot claim it by mistake; a wrapped `SystemClock` answers `false`,
+/// which only costs a clock read.
+pub(crate) fn is_system_clock<C: Clock>() -> bool {
+    std::any::TypeId::of::<C>() == std::any::TypeId::of::<SystemClock>()
+}
+
 /// A clock that stands still until [`advance`](ManualClock::advance)d; `sleep(d)` advances
 /// it by `d` at once. Clones share the same time.
 ///

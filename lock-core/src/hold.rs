@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 
 use crate::backend::{Acquired, Extend, LockBackend};
 use crate::clock::Clock;
-use crate::error::LockError;
+use crate::error::{BackendError, LockError};
 use crate::loss::{LossReason, LostCallback};
 use crate::name::{Key, LockName, Token};
 use crate::options::MAX_TTL;
@@ -43,7 +43,35 @@ pub(crate) struct Ctx {
     pub(crate) id: u64,
     pub(crate) backend: Arc<dyn LockBackend>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Whether `clock` is the [`SystemClock`](crate::SystemClock), so its readings can be
+    /// handed to the backend (`try_acquire_at`, `release_at`) instead of it reading again.
+    pub(crate) system_clock: bool,
     pub(crate) stats: Arc<Stats>,
+}
+
+impl Ctx {
+    /// Asks the backend for `key`, for an attempt that started at `now` (a reading of
+    /// this context's clock).
+    pub(crate) fn try_acquire(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<Option<Acquired>, BackendError> {
+        match self.system_clock {
+            true => self.backend.try_acquire_at(key, token, ttl, now),
+            false => self.backend.try_acquire(key, token, ttl),
+        }
+    }
+
+    /// Releases `key` on the backend, from a release that started at `now`.
+    fn release(&self, key: &[u8], token: &Token, now: Instant) -> Result<bool, BackendError> {
+        match self.system_clock {
+            true => self.backend.release_at(key, token, now),
+            false => self.backend.release(key, token),
+        }
+    }
 }
 
 /// Where a hold is in its life.
@@ -139,6 +167,12 @@ impl Hold {
         plan: Plan,
     ) -> Self {
         let renewed = plan.renewer.is_some();
+        let store_until = add(attempt_start, ttl);
+        // Validity is never above the TTL we asked for, whatever a backend says.
+        let valid_until = match acquired.validity >= ttl {
+            true => store_until,
+            false => add(attempt_start, acquired.validity),
+        };
         Hold {
             ctx,
             key,
@@ -158,9 +192,8 @@ impl Hold {
                 phase: Phase::Held {
                     renew_at: renewed.then(|| add(attempt_start, renewal_interval(ttl))),
                 },
-                // Validity is never above the TTL we asked for, whatever a backend says.
-                valid_until: add(attempt_start, acquired.validity.min(ttl)),
-                store_until: add(attempt_start, ttl),
+                valid_until,
+                store_until,
             }),
         }
     }
@@ -439,7 +472,7 @@ impl Hold {
         }
         let stats = &self.ctx.stats;
         stats.add_hold(now.saturating_duration_since(self.acquired_at));
-        let error = match self.ctx.backend.release(self.key(), &self.token) {
+        let error = match self.ctx.release(self.key(), &self.token, now) {
             Ok(true) => {
                 log::debug!(
                     "released lock {} (token {}…)",

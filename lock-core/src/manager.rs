@@ -10,7 +10,7 @@ use rand::Rng;
 
 use crate::backend::LockBackend;
 use crate::cancel::CancelHandle;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{is_system_clock, Clock, SystemClock};
 use crate::deadline::Deadline;
 use crate::error::LockError;
 use crate::guard::LockGuard;
@@ -127,6 +127,7 @@ impl LockManager {
             retry_max: DEFAULT_RETRY_MAX,
             prefix: DEFAULT_PREFIX.as_bytes().to_vec(),
             clock: Arc::new(SystemClock),
+            system_clock: true,
             auto_renew: false,
             max_hold: None,
             on_lost: None,
@@ -389,8 +390,15 @@ impl LockManager {
         key: &Key,
         options: &LockOptions,
     ) -> Result<(Duration, Option<Duration>), LockError> {
-        let ttl = check_ttl(Some(key), options.ttl.unwrap_or(self.inner.ttl))?;
-        let wait = check_wait(Some(key), options.wait.unwrap_or(self.inner.wait))?;
+        // The manager's defaults were checked by `build`.
+        let ttl = match options.ttl {
+            None => self.inner.ttl,
+            Some(ttl) => check_ttl(Some(key), ttl)?,
+        };
+        let wait = match options.wait {
+            None => self.inner.wait,
+            Some(wait) => check_wait(Some(key), wait)?,
+        };
         if let Some(Some(cap)) = options.max_hold {
             check_wait(Some(key), Some(cap))?;
         }
@@ -450,7 +458,7 @@ impl LockManager {
         let result = self.poll(&key, deadline, options.cancel.as_ref(), || {
             // The first attempt starts at the caller's reading; later ones read again.
             let start = attempt_start.take().unwrap_or_else(|| ctx.clock.now());
-            match ctx.backend.try_acquire(key.as_bytes(), &token, ttl) {
+            match ctx.try_acquire(key.as_bytes(), &token, ttl, start) {
                 Ok(Some(acquired)) => Ok(Some((acquired, start))),
                 Ok(None) => {
                     bump(&ctx.stats.contended);
@@ -621,6 +629,7 @@ pub struct LockManagerBuilder {
     retry_max: Duration,
     prefix: Vec<u8>,
     clock: Arc<dyn Clock>,
+    system_clock: bool,
     auto_renew: bool,
     max_hold: Option<Duration>,
     on_lost: Option<LostCallback>,
@@ -673,7 +682,8 @@ impl LockManagerBuilder {
 
     /// The clock used for waits and validity. Defaults to [`SystemClock`]; tests pass the
     /// same [`ManualClock`](crate::ManualClock) as their memory backend.
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock<C: Clock>(mut self, clock: C) -> Self {
+        self.system_clock = is_system_clock::<C>();
         self.clock = Arc::new(clock);
         self
     }
@@ -734,6 +744,7 @@ impl LockManagerBuilder {
                     id: NEXT_MANAGER_ID.fetch_add(1, Ordering::Relaxed),
                     backend: self.backend,
                     clock: self.clock,
+                    system_clock: self.system_clock,
                     stats: Arc::new(Stats::default()),
                 }),
                 ttl,

@@ -130,6 +130,18 @@ impl Ord for Key {
     }
 }
 
+/// Every byte as its two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    table
+};
+
 /// The secret that proves ownership of one acquisition: 128 random bits from `rand`'s
 /// thread-local cryptographic generator (ChaCha12, seeded and periodically reseeded from
 /// the operating system), written as 32 lowercase hex digits. It carries no time, process
@@ -143,13 +155,15 @@ pub struct Token([u8; 32]);
 impl Token {
     /// Draws a fresh random token.
     pub fn generate() -> Self {
-        let mut raw = [0u8; 16];
-        rand::rng().fill_bytes(&mut raw);
+        // Two words straight from the generator's buffer (no byte-slice filling), and a
+        // byte-to-two-digits table: this runs once per acquisition.
+        let mut rng = rand::rng();
+        let raw = (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())).to_le_bytes();
         let mut hex = [0u8; 32];
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for (i, b) in raw.iter().enumerate() {
-            hex[2 * i] = DIGITS[(b >> 4) as usize];
-            hex[2 * i + 1] = DIGITS[(b & 0xf) as usize];
+        for (i, byte) in raw.into_iter().enumerate() {
+            let [high, low] = HEX_PAIRS[usize::from(byte)];
+            hex[2 * i] = high;
+            hex[2 * i + 1] = low;
         }
         Token(hex)
     }
@@ -189,6 +203,13 @@ mod tests {
         assert_eq!(a.as_str().len(), 32);
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
         assert!(!format!("{a:?}").contains(a.as_str()));
+    }
+
+    #[test]
+    fn the_hex_table_writes_each_byte_as_two_lowercase_digits() {
+        for b in 0..=255u8 {
+            assert_eq!(HEX_PAIRS[usize::from(b)], *format!("{b:02x}").as_bytes());
+        }
     }
 
     #[test]

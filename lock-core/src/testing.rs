@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{Acquired, BackendError, BackendErrorKind, CancelHandle, Extend, LockBackend, Token};
 use parking_lot::Mutex;
@@ -187,6 +187,46 @@ impl<B: LockBackend> Faulty<B> {
     }
 }
 
+impl<B: LockBackend> Faulty<B> {
+    /// `try_acquire`, or `try_acquire_at` when the caller passed its reading, under the
+    /// faults.
+    fn acquire(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+        now: Option<Instant>,
+    ) -> Result<Option<Acquired>, BackendError> {
+        let forward = || match now {
+            Some(now) => self.inner.try_acquire_at(key, token, ttl, now),
+            None => self.inner.try_acquire(key, token, ttl),
+        };
+        if self.shared.faults.lock().get(&Op::TryAcquire) == Some(&Fault::IgnoreContention) {
+            self.enter(Op::TryAcquire);
+            let _ = self.inner.force_release(key);
+            return forward();
+        }
+        self.run(Op::TryAcquire, forward)
+    }
+
+    /// `release`, or `release_at` when the caller passed its reading, under the faults.
+    fn release_(
+        &self,
+        key: &[u8],
+        token: &Token,
+        now: Option<Instant>,
+    ) -> Result<bool, BackendError> {
+        if self.shared.faults.lock().get(&Op::Release) == Some(&Fault::IgnoreToken) {
+            self.enter(Op::Release);
+            return self.inner.force_release(key);
+        }
+        self.run(Op::Release, || match now {
+            Some(now) => self.inner.release_at(key, token, now),
+            None => self.inner.release(key, token),
+        })
+    }
+}
+
 impl<B> fmt::Debug for Faulty<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Faulty")
@@ -203,20 +243,25 @@ impl<B: LockBackend> LockBackend for Faulty<B> {
         token: &Token,
         ttl: Duration,
     ) -> Result<Option<Acquired>, BackendError> {
-        if self.shared.faults.lock().get(&Op::TryAcquire) == Some(&Fault::IgnoreContention) {
-            self.enter(Op::TryAcquire);
-            let _ = self.inner.force_release(key);
-            return self.inner.try_acquire(key, token, ttl);
-        }
-        self.run(Op::TryAcquire, || self.inner.try_acquire(key, token, ttl))
+        self.acquire(key, token, ttl, None)
+    }
+
+    fn try_acquire_at(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<Option<Acquired>, BackendError> {
+        self.acquire(key, token, ttl, Some(now))
     }
 
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
-        if self.shared.faults.lock().get(&Op::Release) == Some(&Fault::IgnoreToken) {
-            self.enter(Op::Release);
-            return self.inner.force_release(key);
-        }
-        self.run(Op::Release, || self.inner.release(key, token))
+        self.release_(key, token, None)
+    }
+
+    fn release_at(&self, key: &[u8], token: &Token, now: Instant) -> Result<bool, BackendError> {
+        self.release_(key, token, Some(now))
     }
 
     fn extend(

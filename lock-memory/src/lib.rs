@@ -34,6 +34,7 @@
 //! replies or panics.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+use std::any::TypeId;
 use std::collections::hash_map::Entry as Entry_;
 use std::collections::HashMap;
 use std::fmt;
@@ -57,6 +58,9 @@ struct Shared {
     state: Mutex<State>,
     released: Condvar,
     clock: Arc<dyn Clock>,
+    /// Whether `clock` is the [`SystemClock`]: then a caller's `Instant::now()` reading
+    /// (`try_acquire_at`, `release_at`) is a reading of our clock, and we skip our own.
+    system_clock: bool,
 }
 
 /// The smallest store size at which expired entries are swept.
@@ -120,7 +124,8 @@ impl MemoryBackend {
 
     /// An empty store whose TTLs run on `clock` (for example a
     /// [`ManualClock`](lock_core::ManualClock) shared with the manager).
-    pub fn with_clock(clock: impl Clock) -> Self {
+    pub fn with_clock<C: Clock>(clock: C) -> Self {
+        let system_clock = TypeId::of::<C>() == TypeId::of::<SystemClock>();
         MemoryBackend {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -131,6 +136,7 @@ impl MemoryBackend {
                 }),
                 released: Condvar::new(),
                 clock: Arc::new(clock),
+                system_clock,
             }),
         }
     }
@@ -150,6 +156,14 @@ impl MemoryBackend {
     /// Whether no lock is held right now.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Our clock's reading: the caller's, when it read the same clock just before.
+    fn now(&self, caller: Option<Instant>) -> Instant {
+        match caller {
+            Some(now) if self.shared.system_clock => now,
+            _ => self.shared.clock.now(),
+        }
     }
 
     fn deadline(now: Instant, ttl: Duration) -> Instant {
@@ -213,14 +227,16 @@ impl fmt::Debug for MemoryBackend {
     }
 }
 
-impl LockBackend for MemoryBackend {
-    fn try_acquire(
+impl MemoryBackend {
+    /// `try_acquire`, at the caller's reading of our clock if it passed one.
+    fn acquire(
         &self,
         key: &[u8],
         token: &Token,
         ttl: Duration,
+        caller_now: Option<Instant>,
     ) -> Result<Option<Acquired>, BackendError> {
-        let now = self.shared.clock.now();
+        let now = self.now(caller_now);
         let expires = Self::deadline(now, ttl);
         let mut st = self.shared.state.lock();
         let st = &mut *st;
@@ -267,8 +283,14 @@ impl LockBackend for MemoryBackend {
         }))
     }
 
-    fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
-        let now = self.shared.clock.now();
+    /// `release`, at the caller's reading of our clock if it passed one.
+    fn release_(
+        &self,
+        key: &[u8],
+        token: &Token,
+        caller_now: Option<Instant>,
+    ) -> Result<bool, BackendError> {
+        let now = self.now(caller_now);
         let mut st = self.shared.state.lock();
         // One hash on the hot path (our own live lock); a mismatch puts the entry back.
         let Some((k, e)) = st.held.remove_entry(key) else {
@@ -288,6 +310,35 @@ impl LockBackend for MemoryBackend {
             self.shared.released.notify_all();
         }
         Ok(live)
+    }
+}
+
+impl LockBackend for MemoryBackend {
+    fn try_acquire(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<Option<Acquired>, BackendError> {
+        self.acquire(key, token, ttl, None)
+    }
+
+    fn try_acquire_at(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+        now: Instant,
+    ) -> Result<Option<Acquired>, BackendError> {
+        self.acquire(key, token, ttl, Some(now))
+    }
+
+    fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
+        self.release_(key, token, None)
+    }
+
+    fn release_at(&self, key: &[u8], token: &Token, now: Instant) -> Result<bool, BackendError> {
+        self.release_(key, token, Some(now))
     }
 
     fn extend(
@@ -401,6 +452,36 @@ mod tests {
             assert!(!failed.is_empty(), "{fault:?} passed the whole suite");
             eprintln!("{fault:?} fails: {failed:?}");
         }
+    }
+
+    /// A caller's reading is only taken for the system clock's: a store on another clock
+    /// judges expiry by its own, whatever instant the caller passes.
+    #[test]
+    fn a_store_on_another_clock_ignores_the_callers_reading() {
+        let clock = ManualClock::new();
+        let b = MemoryBackend::with_clock(clock.clone());
+        let ttl = Duration::from_secs(10);
+        let later = clock.now() + Duration::from_secs(60);
+        let held = Token::generate();
+        assert!(b.try_acquire(b"k", &held, ttl).unwrap().is_some());
+        let other = Token::generate();
+        assert!(b.try_acquire_at(b"k", &other, ttl, later).unwrap().is_none());
+        assert!(b.release_at(b"k", &held, later).unwrap());
+    }
+
+    /// On the system clock the caller's reading is used, and it is never later than the
+    /// call: a lock taken at a reading expires one TTL after it.
+    #[test]
+    fn a_store_on_the_system_clock_counts_from_the_callers_reading() {
+        let b = MemoryBackend::new();
+        let ttl = Duration::from_secs(10);
+        let then = Instant::now();
+        let t = Token::generate();
+        assert!(b.try_acquire_at(b"k", &t, ttl, then).unwrap().is_some());
+        let passed = then.elapsed();
+        let left = b.inspect(b"k", None).unwrap().unwrap();
+        assert!(left <= ttl.saturating_sub(passed));
+        assert!(!b.release_at(b"k", &t, then + ttl).unwrap(), "expired at its reading");
     }
 
     #[test]
