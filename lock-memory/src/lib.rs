@@ -465,7 +465,10 @@ mod tests {
         let held = Token::generate();
         assert!(b.try_acquire(b"k", &held, ttl).unwrap().is_some());
         let other = Token::generate();
-        assert!(b.try_acquire_at(b"k", &other, ttl, later).unwrap().is_none());
+        assert!(b
+            .try_acquire_at(b"k", &other, ttl, later)
+            .unwrap()
+            .is_none());
         assert!(b.release_at(b"k", &held, later).unwrap());
     }
 
@@ -481,7 +484,10 @@ mod tests {
         let passed = then.elapsed();
         let left = b.inspect(b"k", None).unwrap().unwrap();
         assert!(left <= ttl.saturating_sub(passed));
-        assert!(!b.release_at(b"k", &t, then + ttl).unwrap(), "expired at its reading");
+        assert!(
+            !b.release_at(b"k", &t, then + ttl).unwrap(),
+            "expired at its reading"
+        );
     }
 
     #[test]
