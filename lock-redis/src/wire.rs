@@ -18,6 +18,9 @@ use crate::{error, millis, scripts, wake, Pool, RedisBackend};
 /// The shortest read timeout a socket takes; a read cut at a deadline waits at least this.
 const MIN_READ: Duration = Duration::from_millis(1);
 
+/// How often a checkout that waits looks whether a connection attempt failed meanwhile.
+const CHECKOUT_SLICE: Duration = Duration::from_millis(10);
+
 /// A pooled connection from either kind of pool, or one opened outside our pool for a
 /// single command.
 pub(crate) enum Conn {
@@ -27,7 +30,7 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    fn get(&mut self) -> &mut redis::Connection {
+    pub(crate) fn get(&mut self) -> &mut redis::Connection {
         match self {
             Conn::Own(c) => c,
             Conn::Given(c) => c,
@@ -62,18 +65,48 @@ enum Read {
 
 impl RedisBackend {
     /// A pooled connection, waiting for one (or connecting) for at most the checkout
-    /// timeout, and not past `deadline`.
-    fn checkout(&self, deadline: Option<Instant>) -> Result<Conn, BackendError> {
+    /// timeout, and not past `deadline`. A connection attempt of our own pool that is
+    /// refused while we wait ends the wait with its error (the pool would only try again
+    /// until the checkout timeout): a closed port, a wrong password, a missing right or a
+    /// bad certificate is reported within the connect timeout.
+    pub(crate) fn checkout(&self, deadline: Option<Instant>) -> Result<Conn, BackendError> {
         let addr = &self.inner.addr;
+        let start = Instant::now();
         let wait = |configured: Duration| match deadline {
-            Some(d) => configured.min(d.saturating_duration_since(Instant::now()).max(MIN_READ)),
+            Some(d) => configured.min(d.saturating_duration_since(start).max(MIN_READ)),
             None => configured,
         };
         match &self.inner.pool {
-            Pool::Own(p, _) => p.get_timeout(wait(p.connection_timeout())).map(Conn::Own),
-            Pool::Given(p) => p.get_timeout(wait(p.connection_timeout())).map(Conn::Given),
+            Pool::Given(p) => p
+                .get_timeout(wait(p.connection_timeout()))
+                .map(Conn::Given)
+                .map_err(|e| error::pool_error(addr, e)),
+            Pool::Own(p, connector) => {
+                if let Some(c) = p.try_get() {
+                    return Ok(Conn::Own(c));
+                }
+                let waited = wait(p.connection_timeout());
+                let end = start + waited;
+                loop {
+                    let now = Instant::now();
+                    let slice = end.saturating_duration_since(now).min(CHECKOUT_SLICE);
+                    if let Ok(c) = p.get_timeout(slice.max(MIN_READ)) {
+                        return Ok(Conn::Own(c));
+                    }
+                    if let Some(failure) = connector.refused_since(start) {
+                        return Err(failure.to_backend_error(addr).unsent());
+                    }
+                    if Instant::now() >= end {
+                        // The last attempt's failure, if the last attempt failed, says
+                        // more than the timeout (a handshake that fails slowly).
+                        return Err(match connector.last_failure() {
+                            Some(failure) => failure.to_backend_error(addr).unsent(),
+                            None => error::checkout_timeout(addr, waited),
+                        });
+                    }
+                }
+            }
         }
-        .map_err(|e| error::pool_error(addr, &e))
     }
 
     /// An idle connection from the pool if one is ready now, to start an operation on
@@ -183,7 +216,9 @@ impl Sent {
                 let wait = deadline.map_or(connector.connect_timeout, |d| {
                     d.saturating_duration_since(Instant::now()).max(MIN_READ)
                 });
-                Conn::Single(Box::new(connector.connect_within(wait)?))
+                Conn::Single(Box::new(
+                    connector.connect_within(wait).map_err(|f| f.error)?,
+                ))
             }
             Pool::Given(_) => backend.checkout(deadline).map_err(|e| {
                 RedisError::from((ErrorKind::Io, "no fresh connection", e.to_string()))

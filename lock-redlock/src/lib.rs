@@ -139,6 +139,7 @@ mod builder;
 mod fanout;
 mod math;
 mod node;
+mod report;
 #[cfg(test)]
 mod tests;
 
@@ -257,12 +258,22 @@ impl Holds {
 
 impl RedlockBackend {
     /// A backend over the Redis masters at `urls` (`redis://[user:password@]host[:port][/db]`
-    /// each), with the defaults of [`RedlockBuilder`]. No connection is made yet; call
-    /// [`health_check`](LockBackend::health_check) to check early.
+    /// each), with the defaults of [`RedlockBuilder`], once a quorum of them answers: as
+    /// [`RedlockBuilder::connect`]. [`connect_lazy`](RedlockBackend::connect_lazy) makes
+    /// no connection.
+    ///
+    /// # Errors
+    /// [`LockError::Setup`] as [`RedlockBuilder::connect`].
+    pub fn connect<S: AsRef<str>>(urls: &[S]) -> Result<Self, LockError> {
+        Self::builder(urls).connect()
+    }
+
+    /// As [`connect`](RedlockBackend::connect), but makes no connection (for a program
+    /// that may start before its Redis nodes): as [`RedlockBuilder::build`].
     ///
     /// # Errors
     /// [`LockError::Setup`] as [`RedlockBuilder::build`].
-    pub fn connect<S: AsRef<str>>(urls: &[S]) -> Result<Self, LockError> {
+    pub fn connect_lazy<S: AsRef<str>>(urls: &[S]) -> Result<Self, LockError> {
         Self::builder(urls).build()
     }
 
