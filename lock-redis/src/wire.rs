@@ -18,9 +18,6 @@ use crate::{error, millis, scripts, wake, Pool, RedisBackend};
 /// The shortest read timeout a socket takes; a read cut at a deadline waits at least this.
 const MIN_READ: Duration = Duration::from_millis(1);
 
-/// How often a checkout that waits looks whether a connection attempt failed meanwhile.
-const CHECKOUT_SLICE: Duration = Duration::from_millis(10);
-
 /// A pooled connection from either kind of pool, or one opened outside our pool for a
 /// single command.
 pub(crate) enum Conn {
@@ -68,7 +65,8 @@ impl RedisBackend {
     /// timeout, and not past `deadline`. A connection attempt of our own pool that is
     /// refused while we wait ends the wait with its error (the pool would only try again
     /// until the checkout timeout): a closed port, a wrong password, a missing right or a
-    /// bad certificate is reported within the connect timeout.
+    /// bad certificate is reported within one connect timeout (at most the checkout
+    /// timeout).
     pub(crate) fn checkout(&self, deadline: Option<Instant>) -> Result<Conn, BackendError> {
         let addr = &self.inner.addr;
         let start = Instant::now();
@@ -87,9 +85,15 @@ impl RedisBackend {
                 }
                 let waited = wait(p.connection_timeout());
                 let end = start + waited;
+                // Each wait of the pool may start one more connection attempt (r2d2 adds
+                // one per waiter), so the waits are as long as one attempt may take: a
+                // refusal is seen within one connect timeout, with no more than one
+                // attempt per connect timeout started for it.
                 loop {
                     let now = Instant::now();
-                    let slice = end.saturating_duration_since(now).min(CHECKOUT_SLICE);
+                    let slice = end
+                        .saturating_duration_since(now)
+                        .min(connector.connect_timeout);
                     if let Ok(c) = p.get_timeout(slice.max(MIN_READ)) {
                         return Ok(Conn::Own(c));
                     }

@@ -1061,4 +1061,3 @@ mod tests {
         RedisServer::start_with(&["--no-such-directive", "1"]);
     }
 }
-
