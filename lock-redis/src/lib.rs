@@ -76,6 +76,12 @@
 //! timeout, and waiting for a free pooled connection after the checkout timeout. A dead or
 //! hung server is an error within those, never a hang.
 //!
+//! An acquisition whose reply does not come in time may still run on the server (a
+//! stalled server runs what it has read). Its connection is kept for the release that
+//! undoes it (the manager sends one after a failed acquire), which goes out behind it on
+//! the same connection, so the server can never run the release first and leave the key
+//! behind for a whole TTL.
+//!
 //! # Credentials
 //! `redis://user:password@host:port/db` works (`AUTH user password` on connect). The
 //! password never appears in `Debug`, in errors or in logs.
@@ -107,6 +113,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod error;
+mod lates;
 mod scripts;
 mod subscriber;
 mod tls;
@@ -153,6 +160,8 @@ struct Inner {
     addr: String,
     /// Wake-ups and the memory of held keys; `None` when turned off.
     wake: Option<Arc<wake::Wake>>,
+    /// Acquisitions that timed out, with their connections, for the release behind them.
+    lates: lates::LateAcquires,
 }
 
 enum Pool {
@@ -327,6 +336,7 @@ impl RedisBackend {
                     addr.clone(),
                 ))),
                 addr,
+                lates: lates::LateAcquires::default(),
             }),
         }
     }
@@ -345,6 +355,7 @@ impl RedisBackend {
                 fencing_prefix: self.inner.fencing_prefix.clone(),
                 addr: self.inner.addr.clone(),
                 wake: self.inner.wake.clone(),
+                lates: lates::LateAcquires::default(),
             }),
         })
     }
@@ -417,11 +428,22 @@ impl LockBackend for RedisBackend {
         token: &Token,
         ttl: Duration,
     ) -> Result<Option<Acquired>, BackendError> {
-        self.start_acquire(None, key, token, ttl).wait()
+        match self.start_acquire(None, key, token, ttl).finish(None) {
+            Outcome::Answered(result) => result,
+            // The server may still run it: its undoing release must go out behind it.
+            Outcome::Late(late) => {
+                let error = wire::timeout(self);
+                self.inner.lates.keep(key, token, late.into_conn(), ttl);
+                Err(error)
+            }
+        }
     }
 
+    /// Releases on the connection of a late acquisition of `key` by `token`, if there is
+    /// one (see the crate docs on timeouts), so the server runs the release after it.
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
-        self.start_release(None, key, token).wait()
+        let conn = self.inner.lates.take(key, token);
+        self.start_release(conn, key, token).wait()
     }
 
     fn extend(
@@ -691,6 +713,7 @@ impl RedisBackendBuilder {
                 fencing_prefix: self.fencing_prefix,
                 addr,
                 wake,
+                lates: lates::LateAcquires::default(),
             }),
         })
     }

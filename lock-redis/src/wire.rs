@@ -83,6 +83,7 @@ impl RedisBackend {
                 if let Some(c) = p.try_get() {
                     return Ok(Conn::Own(c));
                 }
+                self.inner.lates.prune();
                 let waited = wait(p.connection_timeout());
                 let end = start + waited;
                 // Each wait of the pool may start one more connection attempt (r2d2 adds
@@ -198,7 +199,7 @@ impl RedisBackend {
         }
         match result {
             Ok(v) => Read::Reply(v),
-            Err(e) if deadline.is_some() && e.is_timeout() => Read::Late,
+            Err(e) if e.is_timeout() => Read::Late,
             Err(e) => Read::Failed(e),
         }
     }
@@ -367,6 +368,11 @@ impl std::fmt::Debug for Late {
 }
 
 impl Late {
+    /// The connection the late operation went out on.
+    pub(crate) fn into_conn(self) -> Conn {
+        self.conn
+    }
+
     /// The timeout error that stands for the missing answer.
     pub fn error(&self) -> &BackendError {
         &self.error
@@ -463,7 +469,7 @@ impl<T> InFlight<T> {
     }
 }
 
-fn timeout(backend: &RedisBackend) -> BackendError {
+pub(crate) fn timeout(backend: &RedisBackend) -> BackendError {
     BackendError::new(
         BackendErrorKind::Timeout,
         format!("redis at {}: no answer in time", backend.inner.addr),
