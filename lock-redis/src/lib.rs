@@ -18,13 +18,10 @@
 //! SHA (`EVALSHA`, with a `SCRIPT LOAD` only after `NOSCRIPT`). Lock names only ever travel
 //! as script keys, never spliced into Lua.
 //!
-//! Every operation comes in two halves, for callers that talk to several servers at once
-//! (Redlock): [`RedisBackend::idle`] takes an idle pooled connection, its [`Idle`] methods
-//! write one command and return an [`InFlight`] operation, and [`Finish::finish`] reads the
-//! reply, waiting no longer than a deadline; an operation whose reply did not come in time
-//! is [`Late`], and [`Late::release`] undoes a late acquisition on the same connection, so
-//! the server runs the release after it. The [`LockBackend`] methods run both halves back
-//! to back.
+//! Every operation comes in two halves (write the command; read the reply, waiting no
+//! longer than a deadline), so that Redlock can have one operation in flight on each of
+//! its nodes at once; that seam is internal to the two crates (hidden, outside semver).
+//! The [`LockBackend`] methods run both halves back to back.
 //!
 //! Keys: the lock itself at `<prefix><name>` (the manager's prefix, `lock:` by default)
 //! and its fencing counter at `<fencing prefix><prefix><name>` (`fence:lock:<name>` by
@@ -127,10 +124,20 @@ use std::time::{Duration, Instant};
 use lock_core::{Acquired, BackendError, Extend, LockBackend, LockError, Token};
 use parking_lot::Mutex;
 use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
+use scheduled_thread_pool::ScheduledThreadPool;
 
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;
-pub use wire::{Finish, Idle, InFlight, Late, Outcome};
+/// The split-I/O seam that lock-redlock drives: an operation written on an idle pooled
+/// connection ([`RedisBackend::idle`]) and its reply read later, until a deadline.
+/// **Not part of the public API**: hidden from the docs and outside semver; it may change
+/// in any release. Use the [`LockBackend`] methods.
+#[doc(hidden)]
+pub mod seam {
+    pub use crate::wire::{Finish, Idle, InFlight, Late, Outcome};
+}
+
+use wire::Outcome;
 
 /// Default number of pooled connections: 16.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -170,7 +177,11 @@ enum Pool {
     Given(r2d2::Pool<redis::Client>),
 }
 
-fn own_pool(connector: &Connector, size: u32, checkout_timeout: Duration) -> Pool {
+fn own_pool(
+    connector: &Connector,
+    size: u32,
+    checkout_timeout: Duration,
+) -> Result<Pool, BackendError> {
     let pool = r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
@@ -178,8 +189,43 @@ fn own_pool(connector: &Connector, size: u32, checkout_timeout: Duration) -> Poo
         // noticed on use instead (see `RedisBackend::run`).
         .test_on_check_out(false)
         .connection_timeout(checkout_timeout)
+        // No reaper: r2d2 never cancels it, so on shared threads every pool ever built
+        // would leave a job behind. Connections stay open until the backend is dropped.
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .thread_pool(helper_threads()?)
         .build_unchecked(connector.clone());
-    Pool::Own(pool, Box::new(connector.clone()))
+    Ok(Pool::Own(pool, Box::new(connector.clone())))
+}
+
+/// Threads shared by every pool of the process, on which r2d2 opens connections.
+const HELPER_THREADS: usize = 4;
+
+/// The process's helper threads for the pools (r2d2 would start 3 per pool, living on
+/// for half a minute after it is dropped), started by the first pool. A thread that
+/// cannot be started is an error (the thread pool itself would panic), and the next
+/// pool tries again.
+fn helper_threads() -> Result<Arc<ScheduledThreadPool>, BackendError> {
+    static SHARED: Mutex<Option<Arc<ScheduledThreadPool>>> = Mutex::new(None);
+    let mut shared = SHARED.lock();
+    if let Some(pool) = &*shared {
+        return Ok(pool.clone());
+    }
+    let started = std::panic::catch_unwind(|| {
+        ScheduledThreadPool::builder()
+            .num_threads(HELPER_THREADS)
+            .thread_name_pattern("lock-redis-{}")
+            .build()
+    })
+    .map_err(|_| {
+        BackendError::new(
+            lock_core::BackendErrorKind::Other,
+            "cannot start the connection pools' helper threads",
+        )
+    })?;
+    let pool = Arc::new(started);
+    *shared = Some(pool.clone());
+    Ok(pool)
 }
 
 /// Opens connections with a connect timeout and sets read/write timeouts on them (the
@@ -351,7 +397,7 @@ impl RedisBackend {
         };
         Some(RedisBackend {
             inner: Arc::new(Inner {
-                pool: own_pool(connector, 1, pool.connection_timeout()),
+                pool: own_pool(connector, 1, pool.connection_timeout()).ok()?,
                 fencing_prefix: self.inner.fencing_prefix.clone(),
                 addr: self.inner.addr.clone(),
                 wake: self.inner.wake.clone(),
@@ -428,7 +474,7 @@ impl LockBackend for RedisBackend {
         token: &Token,
         ttl: Duration,
     ) -> Result<Option<Acquired>, BackendError> {
-        match self.start_acquire(None, key, token, ttl).finish(None) {
+        match self.start_acquire(None, key, token, ttl).wait_outcome() {
             Outcome::Answered(result) => result,
             // The server may still run it: its undoing release must go out behind it.
             Outcome::Late(late) => {
@@ -709,7 +755,7 @@ impl RedisBackendBuilder {
         });
         Ok(RedisBackend {
             inner: Arc::new(Inner {
-                pool: own_pool(&connector, self.pool_size, self.checkout_timeout),
+                pool: own_pool(&connector, self.pool_size, self.checkout_timeout)?,
                 fencing_prefix: self.fencing_prefix,
                 addr,
                 wake,

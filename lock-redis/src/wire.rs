@@ -117,7 +117,8 @@ impl RedisBackend {
     /// An idle connection from the pool if one is ready now, to start an operation on
     /// without waiting for a connection or opening one; `None` otherwise (the caller can
     /// then run the operation where waiting does not hold anybody up). Redlock starts
-    /// its fan-out this way.
+    /// its fan-out this way. Part of the hidden seam: outside semver.
+    #[doc(hidden)]
     pub fn idle(&self) -> Option<Idle<'_>> {
         let conn = match &self.inner.pool {
             Pool::Own(p, _) => Conn::Own(p.try_get()?),
@@ -127,6 +128,18 @@ impl RedisBackend {
             backend: self,
             conn,
         })
+    }
+
+    /// The latest a call that starts now ends: after the checkout timeout and one read
+    /// timeout (a resend, a script load and a cut-off read all fit in it). `None` for a
+    /// given pool, whose timeouts are its own.
+    pub(crate) fn call_deadline(&self) -> Option<Instant> {
+        match &self.inner.pool {
+            Pool::Own(p, connector) => {
+                Some(Instant::now() + p.connection_timeout() + connector.read_timeout)
+            }
+            Pool::Given(_) => None,
+        }
     }
 
     /// The read timeout our own connections are set up with; `None` for a given pool,
@@ -283,6 +296,9 @@ pub struct InFlight<T> {
     backend: RedisBackend,
     stage: Stage<T>,
     after: After,
+    /// When [`wait`](InFlight::wait) gives up: the whole-call bound, counted from before
+    /// the checkout (see the crate docs on timeouts).
+    deadline: Option<Instant>,
 }
 
 // Kept inline: boxing the connection would add an allocation to every lock operation.
@@ -438,6 +454,7 @@ impl<T> InFlight<T> {
             backend: backend.clone(),
             stage: Stage::Ready(result),
             after,
+            deadline: None,
         }
     }
 
@@ -460,12 +477,22 @@ impl<T> InFlight<T> {
         }
     }
 
-    /// Waits for the answer with the connection's own timeouts.
+    /// Waits for the outcome until the whole-call deadline.
+    pub(crate) fn wait_outcome(self) -> Outcome<T>
+    where
+        Self: Finish<T>,
+    {
+        let deadline = self.deadline;
+        self.finish(deadline)
+    }
+
+    /// Waits for the answer until the whole-call deadline.
     pub(crate) fn wait(self) -> Result<T, BackendError>
     where
         Self: Finish<T>,
     {
-        self.finish(None).into_result()
+        let deadline = self.deadline;
+        self.finish(deadline).into_result()
     }
 }
 
@@ -609,6 +636,7 @@ impl RedisBackend {
         conn: Option<Conn>,
         after: After,
     ) -> InFlight<T> {
+        let deadline = self.call_deadline();
         let stage = match self.send(cmd, script, idempotent, conn) {
             Ok(sent) => Stage::Sent(sent),
             Err(e) => Stage::Ready(Err(e)),
@@ -617,6 +645,7 @@ impl RedisBackend {
             backend: self.clone(),
             stage,
             after,
+            deadline,
         }
     }
 

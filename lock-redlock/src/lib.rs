@@ -24,7 +24,7 @@
 //! Every node is a [`RedisBackend`](lock_redis::RedisBackend) (its pool, its Lua scripts,
 //! its timeouts); Redlock adds the quorum on top. The calling thread writes the command
 //! to every node first, on an idle pooled connection of each, and only then reads the
-//! replies ([`RedisBackend::idle`](lock_redis::RedisBackend::idle)), so one lock costs
+//! replies (lock-redis's internal split-I/O seam), so one lock costs
 //! about one round trip whatever N, with no hand-off between threads. It reads the nodes
 //! that answered quickest last time first and a node that is down last; once the answers
 //! decide the call, a node that is down gets 2 ms more, not the whole timeout. A node whose connections
@@ -155,7 +155,7 @@ pub use builder::RedlockBuilder;
 pub use math::{drift, quorum, validity, DRIFT_CONSTANT};
 
 use fanout::{Call, CallState, Skip, Slot};
-use lock_redis::{Finish, Idle, InFlight, Late, Outcome};
+use lock_redis::seam::{Finish, Idle, InFlight, Late, Outcome};
 use math::{quorum_remaining, Verdict};
 use node::{Job, Node, Worker};
 

@@ -196,7 +196,7 @@ fn bad_urls_are_setup_errors() {
 #[test]
 fn a_late_acquire_is_undone_behind_itself_and_its_reply_never_answers_anything_else() {
     use lock_core::{LockBackend, Token};
-    use lock_redis::{Finish, Outcome};
+    use lock_redis::seam::{Finish, Outcome};
     let server = RedisServer::start();
     let b = one_connection(&server, Duration::from_secs(2));
     // Loads the scripts: a late EVALSHA the server did not know would never take effect.
@@ -249,7 +249,7 @@ fn a_late_acquire_is_undone_behind_itself_and_its_reply_never_answers_anything_e
 #[test]
 fn a_dropped_late_operation_leaves_its_connection_in_step() {
     use lock_core::{LockBackend, Token};
-    use lock_redis::{Finish, Outcome};
+    use lock_redis::seam::{Finish, Outcome};
     let server = RedisServer::start();
     let b = one_connection(&server, lock_redis::DEFAULT_IO_TIMEOUT);
     warm_up(&b);
@@ -351,7 +351,7 @@ fn an_in_flight_operation_dropped_unread_never_answers_the_next_caller() {
 #[test]
 fn finish_keeps_its_deadline_when_the_resend_meets_a_silent_server() {
     use lock_core::Token;
-    use lock_redis::{Finish, Outcome};
+    use lock_redis::seam::{Finish, Outcome};
     let server = RedisServer::start();
     let b = one_connection(&server, Duration::from_millis(50));
     warm_up(&b);

@@ -120,3 +120,61 @@ fn late_acquires_without_a_release_do_not_keep_the_pool() {
     b.ping().unwrap();
     assert!(start.elapsed() < Duration::from_millis(500));
 }
+
+/// Defect 3: with the server paused, 8 concurrent `lock()` calls on a 4-connection pool
+/// took up to 4.1 s although the README promised 2 s: the wait for a pooled connection
+/// was not counted (the cleanup release waited for a connection again). Here 12 calls on
+/// 2 connections. The bound is one formula of the builder's timeouts (see the crate
+/// docs on timeouts): a failed `lock()` returns within `checkout + 2 × read` (the acquire,
+/// then the cleanup release on the same connection). Before the fix: `lock() took
+/// 2.600168398s, more than the bound 2s (+300ms for scheduling)` (checkout 1.5 s, read
+/// 250 ms).
+#[test]
+fn a_silent_server_costs_one_stated_bound_with_the_checkout_wait_counted() {
+    let checkout = Duration::from_millis(1500);
+    let read = Duration::from_millis(250);
+    let server = RedisServer::start();
+    let backend = RedisBackend::builder(&server.url())
+        .pool_size(2)
+        .connect_timeout(Duration::from_millis(300))
+        .read_timeout(read)
+        .write_timeout(read)
+        .checkout_timeout(checkout)
+        .wake_ups(false)
+        .connect()
+        .unwrap();
+    let mgr = LockManager::new(backend);
+    // Both connections open before the pause.
+    thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let g = mgr.lock(fresh()).unwrap();
+                thread::sleep(Duration::from_millis(50));
+                drop(g);
+            });
+        }
+    });
+    server.pause();
+    let took: Vec<Duration> = thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                s.spawn(|| {
+                    let start = Instant::now();
+                    let err = mgr.lock(fresh()).unwrap_err();
+                    assert!(err.backend_kind().is_some(), "{err}");
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    server.resume();
+    let bound = checkout + 2 * read;
+    let margin = Duration::from_millis(300);
+    let worst = took.iter().max().copied().unwrap_or_default();
+    eprintln!("12 lock() on a paused server: {took:?}; bound {bound:?}");
+    assert!(
+        worst <= bound + margin,
+        "lock() took {worst:?}, more than the bound {bound:?} (+{margin:?} for scheduling)"
+    );
+}
