@@ -175,8 +175,8 @@ const MAX_CLEANUP_WINDOW: Duration = Duration::from_secs(60);
 /// The first pause before a release is retried (doubling up to 1 s).
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 
-/// How long the caller still waits for a node that is down (a release or health check
-/// still goes to it) once the answers of the others have decided the operation: it is
+/// How long the caller still waits for the nodes that have not answered (down, or slower
+/// than the others) once the answers of the others have decided the operation: it is
 /// not worth the whole node timeout.
 const GRACE: Duration = Duration::from_millis(2);
 
@@ -539,8 +539,10 @@ impl Inner {
     }
 
     /// Reads the replies of `rest` after a decision: they have usually arrived together
-    /// with the deciding ones. A node that is down is given [`GRACE`] more, not the
-    /// whole wait.
+    /// with the deciding ones. Every node is given [`GRACE`] more, not the whole wait: a
+    /// node that is down or merely slower than the others must not hold up a decided
+    /// call. A reply cut off is late: a granted acquisition's release then goes out behind
+    /// it on its connection, a failed one's cleanup likewise (see `Lates`).
     fn read_rest<T>(
         &self,
         call: &Call<T>,
@@ -552,9 +554,7 @@ impl Inner {
     {
         let grace = late.min(deadline(Instant::now(), GRACE));
         for flight in rest {
-            let down = self.nodes.get(flight.0).is_some_and(|n| n.rank().0);
-            let until = if down { grace } else { late };
-            self.read_one(call, flight, (start, late, until), lates);
+            self.read_one(call, flight, (start, late, grace), lates);
         }
     }
 
@@ -690,7 +690,13 @@ impl Inner {
             let st = release.lock();
             direct
                 .into_iter()
-                .filter(|&i| matches!(st.slots.get(i), Some(Slot::Done(Err(_)) | Slot::Late(_))))
+                .filter(|&i| match st.slots.get(i) {
+                    Some(Slot::Done(Err(_))) => true,
+                    // Cut off after the decision, the node was only slower: its release
+                    // is on the wire and needs no retry.
+                    Some(Slot::Late(waited)) => *waited >= wait,
+                    _ => false,
+                })
                 .collect()
         };
         for i in failed {
