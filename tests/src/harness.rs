@@ -1018,6 +1018,7 @@ mod tests {
         assert_eq!(ping(&mut conn).unwrap(), "PONG");
     }
 
+    #[cfg(feature = "tls")]
     #[test]
     fn tls_server_answers_over_tls_only_and_restarts_as_one() {
         let mut server = RedisServer::start_tls(&TlsSetup::mutual(), &[]);
@@ -1040,6 +1041,7 @@ mod tests {
         assert_eq!(ping(&mut server.raw_connection()).unwrap(), "PONG");
     }
 
+    #[cfg(feature = "tls")]
     #[test]
     fn unrelated_pki_is_not_trusted_by_a_tls_server() {
         let server = RedisServer::start_tls(&TlsSetup::default(), &[]);
