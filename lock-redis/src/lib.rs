@@ -691,9 +691,8 @@ impl RedisBackendBuilder {
     ///
     /// # Errors
     /// [`LockError::Setup`] for an invalid URL, a zero pool size or timeout, an empty
-    /// fencing prefix, an empty wake channel, or TLS options that are unreadable or do not
-    /// fit the URL (see [`tls_root_ca`](RedisBackendBuilder::tls_root_ca) and the setters
-    /// after it).
+    /// fencing prefix, an empty wake channel, a `rediss://` URL without the `tls` feature,
+    /// or TLS options that are unreadable or do not fit the URL (see `TlsConfig`).
     pub fn build(self) -> Result<RedisBackend, LockError> {
         let config = |msg: &str| {
             LockError::from(BackendError::new(
