@@ -2,6 +2,8 @@
 //! sources, so each node's error is written out with its whole chain of causes.
 
 use std::error::Error;
+
+use lock_core::Acquired;
 use std::fmt;
 
 /// `e` and each of its sources, joined by `": "`.
@@ -21,5 +23,13 @@ impl fmt::Display for Chain<'_> {
             next = e.source();
         }
         Ok(())
+    }
+}
+
+pub(crate) fn acquired_label(a: &Option<Acquired>) -> &'static str {
+    if a.is_some() {
+        "acquired"
+    } else {
+        "held by another"
     }
 }
