@@ -124,7 +124,7 @@ use std::time::{Duration, Instant};
 use lock_core::{Acquired, BackendError, Extend, LockBackend, LockError, Token};
 use parking_lot::Mutex;
 use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
-use scheduled_thread_pool::ScheduledThreadPool;
+use scheduled_thread_pool::{OnPoolDropBehavior, ScheduledThreadPool};
 
 #[cfg(feature = "tls")]
 pub use tls::TlsConfig;
@@ -189,43 +189,37 @@ fn own_pool(
         // noticed on use instead (see `RedisBackend::run`).
         .test_on_check_out(false)
         .connection_timeout(checkout_timeout)
-        // No reaper: r2d2 never cancels it, so on shared threads every pool ever built
-        // would leave a job behind. Connections stay open until the backend is dropped.
+        // No reaper: its job, scheduled 30 s ahead, kept the pool's threads alive that long
+        // after the pool was dropped. Connections stay open until the backend is dropped.
         .idle_timeout(None)
         .max_lifetime(None)
-        .thread_pool(helper_threads()?)
+        .thread_pool(helper_thread()?)
         .build_unchecked(connector.clone());
     Ok(Pool::Own(pool, Box::new(connector.clone())))
 }
 
-/// Threads shared by every pool of the process, on which r2d2 opens connections.
-const HELPER_THREADS: usize = 4;
-
-/// The process's helper threads for the pools (r2d2 would start 3 per pool, living on
-/// for half a minute after it is dropped), started by the first pool. A thread that
-/// cannot be started is an error (the thread pool itself would panic), and the next
-/// pool tries again.
-fn helper_threads() -> Result<Arc<ScheduledThreadPool>, BackendError> {
-    static SHARED: Mutex<Option<Arc<ScheduledThreadPool>>> = Mutex::new(None);
-    let mut shared = SHARED.lock();
-    if let Some(pool) = &*shared {
-        return Ok(pool.clone());
-    }
-    let started = std::panic::catch_unwind(|| {
+/// The helper thread of one pool, on which r2d2 opens its connections. One, not r2d2's
+/// three: connections to one server need no more. Not shared between pools: an attempt on
+/// a silent server holds its thread for up to the connect timeout, which must not stall
+/// the pools of other servers (Redlock's healthy nodes). It ends when the pool is dropped
+/// (no job is left scheduled: the pool has no reaper), within one connect timeout if it
+/// is connecting then. A thread that cannot be started is an error (the thread pool
+/// itself would panic).
+fn helper_thread() -> Result<Arc<ScheduledThreadPool>, BackendError> {
+    std::panic::catch_unwind(|| {
         ScheduledThreadPool::builder()
-            .num_threads(HELPER_THREADS)
-            .thread_name_pattern("lock-redis-{}")
+            .num_threads(1)
+            .thread_name_pattern("lock-redis-pool")
+            .on_drop_behavior(OnPoolDropBehavior::DiscardPendingScheduled)
             .build()
     })
+    .map(Arc::new)
     .map_err(|_| {
         BackendError::new(
             lock_core::BackendErrorKind::Other,
-            "cannot start the connection pools' helper threads",
+            "cannot start the connection pool's helper thread",
         )
-    })?;
-    let pool = Arc::new(started);
-    *shared = Some(pool.clone());
-    Ok(pool)
+    })
 }
 
 /// Opens connections with a connect timeout and sets read/write timeouts on them (the
