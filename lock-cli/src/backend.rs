@@ -1,8 +1,6 @@
 //! From `--url` (or `DISTLOCK_URL`) and the TLS options to a lock manager.
 
-use std::time::{Duration, Instant};
-
-use lock_core::{LockBackend, LockManager, LockManagerBuilder};
+use lock_core::{LockManager, LockManagerBuilder};
 use lock_redis::RedisBackend;
 use lock_redlock::RedlockBackend;
 
@@ -29,12 +27,13 @@ fn urls(args: &BackendArgs) -> Result<Vec<&str>, Failure> {
 pub fn manager(args: &BackendArgs) -> Result<LockManagerBuilder, Failure> {
     let urls = urls(args)?;
     #[cfg(feature = "tls")]
-    let tls = Tls::read(&args.tls)?;
+    let tls = tls_config(&args.tls)?;
     let builder = if let [url] = urls.as_slice() {
         let b = RedisBackend::builder(url).connect_timeout(args.connect_timeout);
         #[cfg(feature = "tls")]
-        let b = tls.apply_redis(b);
-        let backend = b.build().map_err(|e| {
+        let b = b.tls(tls.clone());
+        // Fails fast (within the connect timeout) on a server that does not answer.
+        let backend = b.connect().map_err(|e| {
             let mut f = Failure::from(e);
             f.message = format!("--url {}: {}", redact(url), f.message);
             f
@@ -45,23 +44,11 @@ pub fn manager(args: &BackendArgs) -> Result<LockManagerBuilder, Failure> {
             .connect_timeout(args.connect_timeout)
             .node_timeout(args.node_timeout);
         #[cfg(feature = "tls")]
-        let b = tls.apply_redlock(b);
-        let backend = b.build()?;
-        connect_nodes(&backend, args.connect_timeout + args.node_timeout);
-        LockManager::builder(backend)
+        let b = b.tls(tls);
+        // Needs a quorum of nodes answering, checked side by side.
+        LockManager::builder(b.connect()?)
     };
     Ok(builder.prefix(&args.prefix))
-}
-
-/// Gives the nodes' connections time to open (on the nodes' workers, within the connect
-/// timeout) before the first lock call: a Redlock call waits a node timeout only, which a
-/// first connection can outlast. Returns after `bound` at most; the first lock call then
-/// reports a node that is still not answering.
-fn connect_nodes(backend: &RedlockBackend, bound: Duration) {
-    let start = Instant::now();
-    while backend.health_check().is_err() && start.elapsed() < bound {
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Builds the manager with its defaults.
@@ -69,59 +56,22 @@ pub fn plain_manager(args: &BackendArgs) -> Result<LockManager, Failure> {
     Ok(manager(args)?.build()?)
 }
 
-/// The TLS files, read.
+/// The TLS options as the library's one TLS configuration, shared by both builders.
 #[cfg(feature = "tls")]
-struct Tls {
-    ca: Option<Vec<u8>>,
-    client: Option<(Vec<u8>, Vec<u8>)>,
-    insecure: bool,
-}
-
-#[cfg(feature = "tls")]
-impl Tls {
-    fn read(args: &crate::cli::TlsArgs) -> Result<Self, Failure> {
-        let read = |flag: &str, path: &std::path::Path| {
-            std::fs::read(path)
-                .map_err(|e| Failure::usage(format!("cannot read {flag} {}: {e}", path.display())))
-        };
-        let ca = args
-            .tls_ca
-            .as_deref()
-            .map(|p| read("--tls-ca", p))
-            .transpose()?;
-        let client = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some((read("--tls-cert", cert)?, read("--tls-key", key)?)),
-            _ => None,
-        };
-        Ok(Tls {
-            ca,
-            client,
-            insecure: args.danger_accept_invalid_certs,
-        })
+fn tls_config(args: &crate::cli::TlsArgs) -> Result<lock_redis::TlsConfig, Failure> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Failure::usage(format!("cannot read {flag} {}: {e}", path.display())))
+    };
+    let mut config =
+        lock_redis::TlsConfig::new().danger_accept_invalid_certs(args.danger_accept_invalid_certs);
+    if let Some(path) = &args.tls_ca {
+        config = config.root_ca(read("--tls-ca", path)?);
     }
-
-    fn apply_redis(
-        &self,
-        mut b: lock_redis::RedisBackendBuilder,
-    ) -> lock_redis::RedisBackendBuilder {
-        if let Some(ca) = &self.ca {
-            b = b.tls_root_ca(ca);
-        }
-        if let Some((cert, key)) = &self.client {
-            b = b.tls_client_cert(cert, key);
-        }
-        b.danger_accept_invalid_certs(self.insecure)
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config = config.client_cert(read("--tls-cert", cert)?, read("--tls-key", key)?);
     }
-
-    fn apply_redlock(&self, mut b: lock_redlock::RedlockBuilder) -> lock_redlock::RedlockBuilder {
-        if let Some(ca) = &self.ca {
-            b = b.tls_root_ca(ca);
-        }
-        if let Some((cert, key)) = &self.client {
-            b = b.tls_client_cert(cert, key);
-        }
-        b.danger_accept_invalid_certs(self.insecure)
-    }
+    Ok(config)
 }
 
 /// `url` with any user and password replaced by `***`, for messages.

@@ -60,7 +60,9 @@ pub fn code_of(e: &LockError) -> u8 {
     match e {
         LockError::InvalidArgument { .. } => USAGE,
         LockError::NotHeld { .. } | LockError::Lost { .. } => LOST,
-        LockError::Setup { source } | LockError::Backend { source, .. } => match source.kind() {
+        LockError::Setup { source }
+        | LockError::Unavailable { source }
+        | LockError::Backend { source, .. } => match source.kind() {
             BackendErrorKind::Config => USAGE,
             BackendErrorKind::Auth | BackendErrorKind::Permission | BackendErrorKind::Tls => DENIED,
             _ => UNAVAILABLE,

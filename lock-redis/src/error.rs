@@ -4,25 +4,89 @@ use lock_core::{BackendError, BackendErrorKind};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 /// Classifies a `redis` error and names the server (`addr` must not hold credentials).
-/// Public so the Redlock backend maps node errors the same way.
-pub fn to_backend_error(addr: &str, e: &RedisError) -> BackendError {
+/// The message says what this level knows (the server, and a hint when the failure looks
+/// like a TLS problem); the `redis` error itself is the [`source`](std::error::Error::source).
+pub(crate) fn to_backend_error(addr: &str, e: &RedisError) -> BackendError {
+    described(addr, e, "", None)
+}
+
+/// As [`to_backend_error`], with `what` said of the failure (`""`, or a phrase such as
+/// `"no connection"`) and a `hint` found where it happened.
+fn described(addr: &str, e: &RedisError, what: &str, hint: Option<&'static str>) -> BackendError {
     let text = e.to_string();
-    if e.is_io_error() {
-        if let Some(hint) = tls_failure(&text) {
-            return BackendError::new(
-                BackendErrorKind::Tls,
-                format!("redis at {addr}: {text} ({hint})"),
-            )
-            .with_source(e.clone());
-        }
+    let tls = if e.is_io_error() {
+        tls_failure(&text)
+    } else {
+        None
+    };
+    let kind = match tls {
+        Some(_) => BackendErrorKind::Tls,
+        None => classify(e, &text),
+    };
+    let mut message = format!("redis at {addr}");
+    let read_only = is_read_only(e)
+        .then_some("the server is a read-only replica: point the backend at a master");
+    for part in [
+        Some(what).filter(|w| !w.is_empty()),
+        tls.or(hint),
+        permission_hint(e, &text),
+        read_only,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        message.push_str(": ");
+        message.push_str(part);
     }
-    let kind = classify(e, &text);
-    BackendError::new(kind, format!("redis at {addr}: {text}")).with_source(e.clone())
+    BackendError::new(kind, message).with_source(e.clone())
+}
+
+/// The right a refused command needed, when the refusal says (an ACL user without
+/// `+select` refused the `SELECT` of a URL's database number, for example).
+fn permission_hint(e: &RedisError, text: &str) -> Option<&'static str> {
+    let refused = e.code() == Some("NOPERM")
+        || text.contains("NOPERM")
+        || text.contains("no permissions")
+        || text.contains("refused to switch database");
+    if !refused {
+        return None;
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("select") || lower.contains("switch database") {
+        Some("the acl user may not run SELECT: a database number other than 0 in the url needs +select")
+    } else {
+        Some("the acl user lacks a right this backend needs (see the crate docs on acl)")
+    }
+}
+
+/// A read-only replica refused a write: the backend must point at a master.
+pub(crate) fn is_read_only(e: &RedisError) -> bool {
+    e.code() == Some("READONLY") || e.to_string().contains("READONLY")
+}
+
+/// A connection that could not be opened: what the connector met, with the hint it found.
+#[derive(Clone)]
+pub(crate) struct ConnectFailure {
+    pub(crate) error: RedisError,
+    pub(crate) hint: Option<&'static str>,
+}
+
+impl ConnectFailure {
+    pub(crate) fn to_backend_error(&self, addr: &str) -> BackendError {
+        described(addr, &self.error, "no connection", self.hint)
+    }
 }
 
 fn classify(e: &RedisError, text: &str) -> BackendErrorKind {
     if matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) {
         return BackendErrorKind::Auth;
+    }
+    if e.code() == Some("NOPERM") || text.contains("NOPERM") {
+        return BackendErrorKind::Permission;
+    }
+    // Writes refused by a read-only replica: the url names a replica, not a master.
+    if is_read_only(e) {
+        return BackendErrorKind::Config;
     }
     // A command refused by ACL inside a script comes back as a plain ERR with this text.
     if text.contains("can't run this command") || text.contains("no permissions") {
@@ -84,22 +148,15 @@ fn tls_failure(text: &str) -> Option<&'static str> {
         .map(|(_, hint)| *hint)
 }
 
-/// r2d2 reports a failed checkout as text only ("timed out waiting for connection: <last
-/// connect error>"); recover the kind from the redis error text it carries. Nothing was
-/// sent, so the error is [`unsent`](BackendError::unsent).
-pub(crate) fn pool_error(addr: &str, e: &r2d2::Error) -> BackendError {
-    checkout_error(addr, e).unsent()
-}
-
-fn checkout_error(addr: &str, e: &r2d2::Error) -> BackendError {
+/// A checkout that failed, from a pool that is not ours (`from_pool`): r2d2 reports it
+/// as text only ("timed out waiting for connection: <last connect error>"); the kind is
+/// recovered from that text. Nothing was sent, so the error is
+/// [`unsent`](BackendError::unsent).
+pub(crate) fn pool_error(addr: &str, e: r2d2::Error) -> BackendError {
     let text = e.to_string();
-    if let Some(hint) = tls_failure(&text) {
-        return BackendError::new(
-            BackendErrorKind::Tls,
-            format!("redis at {addr}: no connection: {text} ({hint})"),
-        );
-    }
-    let kind = if text.contains("WRONGPASS")
+    let kind = if tls_failure(&text).is_some() {
+        BackendErrorKind::Tls
+    } else if text.contains("WRONGPASS")
         || text.contains("NOAUTH")
         || text.contains("uthentication")
     {
@@ -122,10 +179,24 @@ fn checkout_error(addr: &str, e: &r2d2::Error) -> BackendError {
     } else {
         BackendErrorKind::Timeout
     };
-    BackendError::new(kind, format!("redis at {addr}: no connection: {text}"))
+    let mut message = format!("redis at {addr}: no connection");
+    if let Some(hint) = tls_failure(&text) {
+        message.push_str(": ");
+        message.push_str(hint);
+    }
+    BackendError::new(kind, message).with_source(e).unsent()
 }
 
-#[cfg(test)]
+/// No connection became free, and none could be opened, within `waited`.
+pub(crate) fn checkout_timeout(addr: &str, waited: std::time::Duration) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Timeout,
+        format!("redis at {addr}: no connection free or opened within {waited:?}"),
+    )
+    .unsent()
+}
+
+#[cfg(all(test, feature = "tls"))]
 mod tests {
     use super::*;
     use rustls::{AlertDescription, CertificateError, InvalidMessage};
@@ -167,6 +238,8 @@ mod tests {
                 tls_failure(&pooled).is_some_and(|h| h.contains(hint)),
                 "{pooled}"
             );
+            // The cause is said once: by the source, not again by the message.
+            assert!(!e.to_string().contains(&redis_error.to_string()), "{e}");
         }
         let other = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert_eq!(

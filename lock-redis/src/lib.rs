@@ -18,13 +18,10 @@
 //! SHA (`EVALSHA`, with a `SCRIPT LOAD` only after `NOSCRIPT`). Lock names only ever travel
 //! as script keys, never spliced into Lua.
 //!
-//! Every operation comes in two halves, for callers that talk to several servers at once
-//! (Redlock): [`RedisBackend::idle`] takes an idle pooled connection, its [`Idle`] methods
-//! write one command and return an [`InFlight`] operation, and [`Finish::finish`] reads the
-//! reply, waiting no longer than a deadline; an operation whose reply did not come in time
-//! is [`Late`], and [`Late::release`] undoes a late acquisition on the same connection, so
-//! the server runs the release after it. The [`LockBackend`] methods run both halves back
-//! to back.
+//! Every operation comes in two halves (write the command; read the reply, waiting no
+//! longer than a deadline), so that Redlock can have one operation in flight on each of
+//! its nodes at once; that seam is internal to the two crates (hidden, outside semver).
+//! The [`LockBackend`] methods run both halves back to back.
 //!
 //! Keys: the lock itself at `<prefix><name>` (the manager's prefix, `lock:` by default)
 //! and its fencing counter at `<fencing prefix><prefix><name>` (`fence:lock:<name>` by
@@ -61,8 +58,11 @@
 //!
 //! **ACL.** Redis checks the commands a script calls too. A user restricted to what this
 //! backend needs: `ACL SETUSER locker on >pw ~lock:* ~fence:* &lock:released +evalsha
-//! +script|load +set +get +del +incr +pexpire +pttl +ping +publish +subscribe` (keys and
-//! channel as configured). Wake-ups are what need `+publish`, `+subscribe` and the channel
+//! +script|load +set +get +del +incr +pexpire +pttl +publish +subscribe` (keys and
+//! channel as configured), plus `+select` when the URL names a database other than 0 (the
+//! connection setup sends `SELECT`; without it, `connect` and every call fail at once with
+//! kind `Permission`, naming `+select`), and `+ping` only for [`RedisBackend::ping`]. The
+//! health check runs a script, which a read-only replica refuses. Wake-ups are what need `+publish`, `+subscribe` and the channel
 //! (`&lock:released`); without them the lock still works: the release script ignores a
 //! refused `PUBLISH` (`redis.pcall`), the subscriber logs one warning and retries every
 //! 30 s, and waiting falls back to polling.
@@ -73,45 +73,34 @@
 //! timeout, and waiting for a free pooled connection after the checkout timeout. A dead or
 //! hung server is an error within those, never a hang.
 //!
+//! An acquisition whose reply does not come in time may still run on the server (a
+//! stalled server runs what it has read). Its connection is kept for the release that
+//! undoes it (the manager sends one after a failed acquire), which goes out behind it on
+//! the same connection, so the server can never run the release first and leave the key
+//! behind for a whole TTL.
+//!
 //! # Credentials
 //! `redis://user:password@host:port/db` works (`AUTH user password` on connect). The
 //! password never appears in `Debug`, in errors or in logs.
 //!
-//! # TLS
-//! `rediss://host:port/db` connects over TLS, through the `redis` crate's `rustls`
-//! support with the *ring* crypto provider (installed as the process default on the first
-//! TLS build, unless the application installed a provider first, which is then used). The
-//! server's certificate must chain to a trusted CA (the system's trust store, or the CAs
-//! given to [`tls_root_ca`](RedisBackendBuilder::tls_root_ca)) and name the URL's host;
-//! for a server with `tls-auth-clients yes`, give a client certificate and key to
-//! [`tls_client_cert`](RedisBackendBuilder::tls_client_cert):
+//! # TLS (cargo feature `tls`, off by default)
+//! With the `tls` feature, `rediss://host:port/db` connects over TLS, through the `redis`
+//! crate's `rustls` support with the *ring* crypto provider (installed as the process
+//! default on the first TLS build, unless the application installed a provider first,
+//! which is then used). Without it, a `rediss://` URL is a configuration error that names
+//! the feature, and neither rustls nor ring is built. The one configuration value is
+//! `TlsConfig` (trusted CAs, a client certificate for mutual TLS, and the dangerous
+//! opt-out of certificate checks), given to `RedisBackendBuilder::tls` or to the Redlock
+//! builder; the server's certificate must chain to a trusted CA (the system's trust
+//! store, or the given CAs) and name the URL's host.
 //!
-//! ```no_run
-//! use lock_core::LockManager;
-//! use lock_redis::RedisBackend;
-//!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let backend = RedisBackend::builder("rediss://:password@redis.internal:6380/")
-//!     .tls_root_ca(std::fs::read("/etc/redis/tls/ca.crt")?)
-//!     .tls_client_cert(
-//!         std::fs::read("/etc/redis/tls/client.crt")?,
-//!         std::fs::read("/etc/redis/tls/client.key")?,
-//!     )
-//!     .build()?;
-//! let mgr = LockManager::new(backend);
-//! let _g = mgr.lock("job:1")?;
-//! # Ok(()) }
-//! ```
-//!
-//! [`build`](RedisBackendBuilder::build) checks the PEM it is given (and that the key
-//! matches its certificate) before any I/O. A handshake that fails is an error of kind
+//! `build` checks the PEM it is given (and that the key matches its certificate) before
+//! any I/O. A handshake that fails is an error of kind
 //! [`Tls`](lock_core::BackendErrorKind::Tls) that names the cause: an unknown CA, a
 //! certificate for another host name, a client certificate missing or refused, a server
 //! that does not speak TLS. A server that does not answer the handshake at all is a
 //! [`Timeout`](lock_core::BackendErrorKind::Timeout) within the connect timeout.
-//!
-//! Certificate checks are turned off only by
-//! [`danger_accept_invalid_certs(true)`](RedisBackendBuilder::danger_accept_invalid_certs),
+//! Certificate checks are turned off only by `TlsConfig::danger_accept_invalid_certs(true)`,
 //! never by a URL alone: the `#insecure` fragment that the `redis` crate understands is
 //! refused without that opt-in.
 //!
@@ -121,6 +110,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod error;
+mod lates;
 mod scripts;
 mod subscriber;
 mod tls;
@@ -129,13 +119,25 @@ mod wire;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lock_core::{Acquired, BackendError, Extend, LockBackend, LockError, Token};
+use parking_lot::Mutex;
 use redis::{ConnectionLike, IntoConnectionInfo, RedisResult};
+use scheduled_thread_pool::{OnPoolDropBehavior, ScheduledThreadPool};
 
-pub use error::to_backend_error;
-pub use wire::{Finish, Idle, InFlight, Late, Outcome};
+#[cfg(feature = "tls")]
+pub use tls::TlsConfig;
+/// The split-I/O seam that lock-redlock drives: an operation written on an idle pooled
+/// connection ([`RedisBackend::idle`]) and its reply read later, until a deadline.
+/// **Not part of the public API**: hidden from the docs and outside semver; it may change
+/// in any release. Use the [`LockBackend`] methods.
+#[doc(hidden)]
+pub mod seam {
+    pub use crate::wire::{Finish, Idle, InFlight, Late, Outcome};
+}
+
+use wire::Outcome;
 
 /// Default number of pooled connections: 16.
 pub const DEFAULT_POOL_SIZE: u32 = 16;
@@ -165,6 +167,8 @@ struct Inner {
     addr: String,
     /// Wake-ups and the memory of held keys; `None` when turned off.
     wake: Option<Arc<wake::Wake>>,
+    /// Acquisitions that timed out, with their connections, for the release behind them.
+    lates: lates::LateAcquires,
 }
 
 enum Pool {
@@ -173,7 +177,11 @@ enum Pool {
     Given(r2d2::Pool<redis::Client>),
 }
 
-fn own_pool(connector: &Connector, size: u32, checkout_timeout: Duration) -> Pool {
+fn own_pool(
+    connector: &Connector,
+    size: u32,
+    checkout_timeout: Duration,
+) -> Result<Pool, BackendError> {
     let pool = r2d2::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
@@ -181,18 +189,50 @@ fn own_pool(connector: &Connector, size: u32, checkout_timeout: Duration) -> Poo
         // noticed on use instead (see `RedisBackend::run`).
         .test_on_check_out(false)
         .connection_timeout(checkout_timeout)
+        // No reaper: its job, scheduled 30 s ahead, kept the pool's threads alive that long
+        // after the pool was dropped. Connections stay open until the backend is dropped.
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .thread_pool(helper_thread()?)
         .build_unchecked(connector.clone());
-    Pool::Own(pool, Box::new(connector.clone()))
+    Ok(Pool::Own(pool, Box::new(connector.clone())))
+}
+
+/// The helper thread of one pool, on which r2d2 opens its connections. One, not r2d2's
+/// three: connections to one server need no more. Not shared between pools: an attempt on
+/// a silent server holds its thread for up to the connect timeout, which must not stall
+/// the pools of other servers (Redlock's healthy nodes). It ends when the pool is dropped
+/// (no job is left scheduled: the pool has no reaper), within one connect timeout if it
+/// is connecting then. A thread that cannot be started is an error (the thread pool
+/// itself would panic).
+fn helper_thread() -> Result<Arc<ScheduledThreadPool>, BackendError> {
+    std::panic::catch_unwind(|| {
+        ScheduledThreadPool::builder()
+            .num_threads(1)
+            .thread_name_pattern("lock-redis-pool")
+            .on_drop_behavior(OnPoolDropBehavior::DiscardPendingScheduled)
+            .build()
+    })
+    .map(Arc::new)
+    .map_err(|_| {
+        BackendError::new(
+            lock_core::BackendErrorKind::Other,
+            "cannot start the connection pool's helper thread",
+        )
+    })
 }
 
 /// Opens connections with a connect timeout and sets read/write timeouts on them (the
-/// `redis` crate's own r2d2 manager connects without a timeout).
+/// `redis` crate's own r2d2 manager connects without a timeout). The last failure to
+/// connect is kept, classified where the whole `redis` error is still at hand (r2d2 keeps
+/// only its text), so a checkout can report it at once.
 #[derive(Clone)]
 pub(crate) struct Connector {
     client: redis::Client,
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
     write_timeout: Duration,
+    last_failure: Arc<Mutex<Option<(Instant, error::ConnectFailure)>>>,
 }
 
 impl Connector {
@@ -203,14 +243,21 @@ impl Connector {
     /// `rustls` otherwise leaves to the first command, outside the connect timeout) and
     /// tells a server that hangs up at once (plaintext to a TLS port) from one that
     /// answers.
-    pub(crate) fn connect_within(&self, timeout: Duration) -> RedisResult<redis::Connection> {
+    pub(crate) fn connect_within(
+        &self,
+        timeout: Duration,
+    ) -> Result<redis::Connection, error::ConnectFailure> {
+        self.try_connect(timeout)
+            .map_err(|error| error::ConnectFailure {
+                hint: tls::connect_failure_hint(&self.client, &error),
+                error,
+            })
+    }
+
+    fn try_connect(&self, timeout: Duration) -> RedisResult<redis::Connection> {
         let timeout = timeout.min(self.connect_timeout);
-        let start = std::time::Instant::now();
-        let explain = |e| tls::explain_connect_failure(&self.client, e);
-        let mut conn = self
-            .client
-            .get_connection_with_timeout(timeout)
-            .map_err(explain)?;
+        let start = Instant::now();
+        let mut conn = self.client.get_connection_with_timeout(timeout)?;
         let left = timeout
             .saturating_sub(start.elapsed())
             .max(Duration::from_millis(1));
@@ -218,10 +265,29 @@ impl Connector {
         conn.set_write_timeout(Some(left))?;
         // Any reply will do (a server that refuses PING still answered); only a failure to
         // get one fails the setup.
-        conn.req_command(&redis::cmd("PING")).map_err(explain)?;
+        conn.req_command(&redis::cmd("PING"))?;
         conn.set_read_timeout(Some(self.read_timeout))?;
         conn.set_write_timeout(Some(self.write_timeout))?;
         Ok(conn)
+    }
+
+    /// The failure of the last connection attempt, if it failed.
+    pub(crate) fn last_failure(&self) -> Option<error::ConnectFailure> {
+        self.last_failure.lock().as_ref().map(|(_, f)| f.clone())
+    }
+
+    /// The last failure to connect, if it happened at or after `since` and was not a
+    /// timeout: a definite answer (refused, wrong password, missing right, bad
+    /// certificate) that trying again within the checkout timeout would only repeat. A
+    /// connection attempt that timed out may succeed on the next try, which the pool
+    /// makes while the checkout waits.
+    pub(crate) fn refused_since(&self, since: Instant) -> Option<error::ConnectFailure> {
+        match &*self.last_failure.lock() {
+            Some((at, failure)) if *at >= since && !failure.error.is_timeout() => {
+                Some(failure.clone())
+            }
+            _ => None,
+        }
     }
 }
 
@@ -231,6 +297,11 @@ impl r2d2::ManageConnection for Connector {
 
     fn connect(&self) -> RedisResult<redis::Connection> {
         self.connect_within(self.connect_timeout)
+            .map_err(|failure| {
+                let error = failure.error.clone();
+                *self.last_failure.lock() = Some((Instant::now(), failure));
+                error
+            })
     }
 
     fn is_valid(&self, conn: &mut redis::Connection) -> RedisResult<()> {
@@ -245,13 +316,25 @@ impl r2d2::ManageConnection for Connector {
 impl RedisBackend {
     /// A backend on the server at `url` (`redis://[user:password@]host[:port][/db]`, or
     /// `rediss://…` for TLS: see the crate docs) with the defaults of
-    /// [`RedisBackendBuilder`]. No connection is made yet: the first lock
-    /// operation connects (and reports an unreachable server or bad credentials); call
-    /// [`ping`](RedisBackend::ping) to check early.
+    /// [`RedisBackendBuilder`], after checking that the server answers: as
+    /// [`RedisBackendBuilder::connect`]. For a program that may start before its Redis,
+    /// [`connect_lazy`](RedisBackend::connect_lazy) makes no connection.
+    ///
+    /// # Errors
+    /// [`LockError::Setup`] for an invalid URL, or a server that cannot be used: see
+    /// [`RedisBackendBuilder::connect`].
+    pub fn connect(url: &str) -> Result<Self, LockError> {
+        Self::builder(url).connect()
+    }
+
+    /// As [`connect`](RedisBackend::connect), but makes no connection: the first
+    /// operation connects, and reports an unreachable server or bad credentials (call
+    /// [`health_check`](LockBackend::health_check) to check later). As
+    /// [`RedisBackendBuilder::build`].
     ///
     /// # Errors
     /// [`LockError::Setup`] if the URL is not a valid Redis URL.
-    pub fn connect(url: &str) -> Result<Self, LockError> {
+    pub fn connect_lazy(url: &str) -> Result<Self, LockError> {
         Self::builder(url).build()
     }
 
@@ -268,7 +351,8 @@ impl RedisBackend {
             wake_ups: true,
             wake_channel: DEFAULT_WAKE_CHANNEL.as_bytes().to_vec(),
             contention_cache: DEFAULT_CONTENTION_CACHE,
-            tls: tls::TlsOptions::default(),
+            #[cfg(feature = "tls")]
+            tls: TlsConfig::default(),
         }
     }
 
@@ -292,6 +376,7 @@ impl RedisBackend {
                     addr.clone(),
                 ))),
                 addr,
+                lates: lates::LateAcquires::default(),
             }),
         }
     }
@@ -306,10 +391,11 @@ impl RedisBackend {
         };
         Some(RedisBackend {
             inner: Arc::new(Inner {
-                pool: own_pool(connector, 1, pool.connection_timeout()),
+                pool: own_pool(connector, 1, pool.connection_timeout()).ok()?,
                 fencing_prefix: self.inner.fencing_prefix.clone(),
                 addr: self.inner.addr.clone(),
                 wake: self.inner.wake.clone(),
+                lates: lates::LateAcquires::default(),
             }),
         })
     }
@@ -325,6 +411,25 @@ impl RedisBackend {
     /// The [`BackendError`] met: unreachable, timed out, authentication failed, …
     pub fn ping(&self) -> Result<(), BackendError> {
         self.start_ping(None).wait()
+    }
+
+    /// Sends [`scripts::WRITABLE`] on a pooled connection (checked out until `deadline`
+    /// at most): an answer means a server that takes writes.
+    fn check_writable(&self, deadline: Option<Instant>) -> Result<(), BackendError> {
+        let mut conn = self.checkout(deadline)?;
+        match scripts::WRITABLE.invoke::<String>(conn.get()) {
+            Ok(reply) if reply == "writable" => Ok(()),
+            Ok(_) => Err(BackendError::new(
+                lock_core::BackendErrorKind::Protocol,
+                format!(
+                    "redis at {}: the health check script got an answer it never gives",
+                    self.inner.addr
+                ),
+            )),
+            // Older than Redis 7: no flags line, no check of the role here.
+            Err(e) if e.to_string().contains("compiling script") => Ok(()),
+            Err(e) => Err(error::to_backend_error(&self.inner.addr, &e)),
+        }
     }
 
     fn fence_key(&self, key: &[u8]) -> Vec<u8> {
@@ -363,11 +468,22 @@ impl LockBackend for RedisBackend {
         token: &Token,
         ttl: Duration,
     ) -> Result<Option<Acquired>, BackendError> {
-        self.start_acquire(None, key, token, ttl).wait()
+        match self.start_acquire(None, key, token, ttl).wait_outcome() {
+            Outcome::Answered(result) => result,
+            // The server may still run it: its undoing release must go out behind it.
+            Outcome::Late(late) => {
+                let error = wire::timeout(self);
+                self.inner.lates.keep(key, token, late.into_conn(), ttl);
+                Err(error)
+            }
+        }
     }
 
+    /// Releases on the connection of a late acquisition of `key` by `token`, if there is
+    /// one (see the crate docs on timeouts), so the server runs the release after it.
     fn release(&self, key: &[u8], token: &Token) -> Result<bool, BackendError> {
-        self.start_release(None, key, token).wait()
+        let conn = self.inner.lates.take(key, token);
+        self.start_release(conn, key, token).wait()
     }
 
     fn extend(
@@ -387,8 +503,10 @@ impl LockBackend for RedisBackend {
         self.start_force_release(None, key).wait()
     }
 
+    /// Passes if the server answers and takes writes: a read-only replica fails it, with
+    /// an error of kind [`Config`](lock_core::BackendErrorKind::Config) that says so.
     fn health_check(&self) -> Result<(), BackendError> {
-        self.ping()
+        self.check_writable(None)
     }
 
     fn dedicated(&self) -> Option<Box<dyn LockBackend>> {
@@ -418,13 +536,14 @@ pub struct RedisBackendBuilder {
     wake_ups: bool,
     wake_channel: Vec<u8>,
     contention_cache: Duration,
-    tls: tls::TlsOptions,
+    #[cfg(feature = "tls")]
+    tls: TlsConfig,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisBackendBuilder")
-            .field("pool_size", &self.pool_size)
+        let mut d = f.debug_struct("RedisBackendBuilder");
+        d.field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
             .field("write_timeout", &self.write_timeout)
@@ -432,9 +551,10 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("wake_ups", &self.wake_ups)
             .field("wake_channel", &String::from_utf8_lossy(&self.wake_channel))
             .field("contention_cache", &self.contention_cache)
-            .field("tls_url", &tls::is_tls_url(&self.url))
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
+            .field("tls_url", &tls::is_tls_url(&self.url));
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -505,13 +625,68 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// Validates the options and builds the backend. Makes no connection.
+    /// The TLS configuration of `rediss://` connections (see [`TlsConfig`]); replaces any
+    /// set before. Defaults to [`TlsConfig::new`]. Only with the `tls` feature.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: TlsConfig) -> Self {
+        self.tls = config;
+        self
+    }
+
+    /// Shorthand for [`TlsConfig::root_ca`] on this builder's TLS configuration.
+    #[cfg(feature = "tls")]
+    pub fn tls_root_ca(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.tls = self.tls.root_ca(pem);
+        self
+    }
+
+    /// Shorthand for [`TlsConfig::client_cert`] on this builder's TLS configuration.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Self {
+        self.tls = self.tls.client_cert(cert_pem, key_pem);
+        self
+    }
+
+    /// **Dangerous.** Shorthand for [`TlsConfig::danger_accept_invalid_certs`] on this
+    /// builder's TLS configuration: read its warning.
+    #[cfg(feature = "tls")]
+    pub fn danger_accept_invalid_certs(mut self, accept: bool) -> Self {
+        self.tls = self.tls.danger_accept_invalid_certs(accept);
+        self
+    }
+
+    /// Builds the backend (as [`build`](RedisBackendBuilder::build), which is the lazy
+    /// alternative for a program that may start before its Redis), then checks that the
+    /// server can be used: one pooled connection opened (its setup: TCP, TLS handshake,
+    /// `AUTH`, `SELECT`, one `PING`) within the connect timeout, and one command on it
+    /// that a read-only replica refuses, answered within the read timeout. An unreachable
+    /// server is therefore an error within the connect timeout, and `connect` returns
+    /// within `connect timeout + read timeout` in every case. The connection stays in the
+    /// pool.
+    ///
+    /// # Errors
+    /// [`LockError::Setup`] as [`build`](RedisBackendBuilder::build), or with the
+    /// [`BackendError`] met: [`Io`](lock_core::BackendErrorKind::Io) (refused),
+    /// `Timeout`, `Auth`, `Permission` (an ACL user without a right it needs, such as
+    /// `+select` for a database other than 0), `Tls`, or `Config` for a read-only replica.
+    pub fn connect(self) -> Result<RedisBackend, LockError> {
+        let within = self.connect_timeout;
+        let backend = self.build()?;
+        backend.check_writable(Some(Instant::now() + within))?;
+        Ok(backend)
+    }
+
+    /// Validates the options and builds the backend. Makes no connection: the first
+    /// operation connects (see [`connect`](RedisBackendBuilder::connect) to check at once).
     ///
     /// # Errors
     /// [`LockError::Setup`] for an invalid URL, a zero pool size or timeout, an empty
-    /// fencing prefix, an empty wake channel, or TLS options that are unreadable or do not
-    /// fit the URL (see [`tls_root_ca`](RedisBackendBuilder::tls_root_ca) and the setters
-    /// after it).
+    /// fencing prefix, an empty wake channel, a `rediss://` URL without the `tls` feature,
+    /// or TLS options that are unreadable or do not fit the URL (see `TlsConfig`).
     pub fn build(self) -> Result<RedisBackend, LockError> {
         let config = |msg: &str| {
             LockError::from(BackendError::new(
@@ -519,11 +694,15 @@ impl RedisBackendBuilder {
                 msg.to_owned(),
             ))
         };
+        #[cfg(not(feature = "tls"))]
+        if tls::is_tls_url(&self.url) {
+            return Err(LockError::from(tls::no_tls_feature()));
+        }
         let info = self
             .url
             .as_str()
             .into_connection_info()
-            .map_err(|e| LockError::from(to_backend_error("(url)", &e)))?;
+            .map_err(|e| LockError::from(error::to_backend_error("(url)", &e)))?;
         if self.pool_size == 0 {
             return Err(config("pool size must be at least 1"));
         }
@@ -548,12 +727,16 @@ impl RedisBackendBuilder {
         // the whole time left): the connector ends the setup with one `PING` instead.
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         let info = info.set_redis_settings(settings);
+        #[cfg(feature = "tls")]
         let client = tls::client(info, &self.tls, &addr)?;
+        #[cfg(not(feature = "tls"))]
+        let client = redis::Client::open(info).map_err(|e| error::to_backend_error(&addr, &e))?;
         let connector = Connector {
             client,
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,
             write_timeout: self.write_timeout,
+            last_failure: Arc::default(),
         };
         let wake = self.wake_ups.then(|| {
             Arc::new(wake::Wake::new(
@@ -565,10 +748,11 @@ impl RedisBackendBuilder {
         });
         Ok(RedisBackend {
             inner: Arc::new(Inner {
-                pool: own_pool(&connector, self.pool_size, self.checkout_timeout),
+                pool: own_pool(&connector, self.pool_size, self.checkout_timeout)?,
                 fencing_prefix: self.fencing_prefix,
                 addr,
                 wake,
+                lates: lates::LateAcquires::default(),
             }),
         })
     }

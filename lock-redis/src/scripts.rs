@@ -95,3 +95,10 @@ return redis.call('pttl', KEYS[1])
 ",
     )
 });
+
+/// Answers `writable`, and is refused by a read-only replica before it runs: a script whose flags
+/// line does not say `no-writes` may write. What the health check and `connect` send to
+/// tell a master from a replica. (A server older than Redis 7 cannot compile the flags
+/// line; the health check lets that pass.)
+pub(crate) static WRITABLE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("#!lua\nreturn 'writable'\n"));

@@ -53,7 +53,7 @@ fn run(weak: &Weak<Wake>, generation: u64) {
             backoff = BACKOFF_MIN;
             warned = false;
         }
-        let e = crate::to_backend_error(&wake.addr, &error);
+        let e = crate::error::to_backend_error(&wake.addr, &error);
         let pause = if e.kind() == BackendErrorKind::Permission {
             PERMISSION_BACKOFF
         } else {

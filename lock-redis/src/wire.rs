@@ -27,7 +27,7 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    fn get(&mut self) -> &mut redis::Connection {
+    pub(crate) fn get(&mut self) -> &mut redis::Connection {
         match self {
             Conn::Own(c) => c,
             Conn::Given(c) => c,
@@ -62,24 +62,63 @@ enum Read {
 
 impl RedisBackend {
     /// A pooled connection, waiting for one (or connecting) for at most the checkout
-    /// timeout, and not past `deadline`.
-    fn checkout(&self, deadline: Option<Instant>) -> Result<Conn, BackendError> {
+    /// timeout, and not past `deadline`. A connection attempt of our own pool that is
+    /// refused while we wait ends the wait with its error (the pool would only try again
+    /// until the checkout timeout): a closed port, a wrong password, a missing right or a
+    /// bad certificate is reported within one connect timeout (at most the checkout
+    /// timeout).
+    pub(crate) fn checkout(&self, deadline: Option<Instant>) -> Result<Conn, BackendError> {
         let addr = &self.inner.addr;
+        let start = Instant::now();
         let wait = |configured: Duration| match deadline {
-            Some(d) => configured.min(d.saturating_duration_since(Instant::now()).max(MIN_READ)),
+            Some(d) => configured.min(d.saturating_duration_since(start).max(MIN_READ)),
             None => configured,
         };
         match &self.inner.pool {
-            Pool::Own(p, _) => p.get_timeout(wait(p.connection_timeout())).map(Conn::Own),
-            Pool::Given(p) => p.get_timeout(wait(p.connection_timeout())).map(Conn::Given),
+            Pool::Given(p) => p
+                .get_timeout(wait(p.connection_timeout()))
+                .map(Conn::Given)
+                .map_err(|e| error::pool_error(addr, e)),
+            Pool::Own(p, connector) => {
+                if let Some(c) = p.try_get() {
+                    return Ok(Conn::Own(c));
+                }
+                self.inner.lates.prune();
+                let waited = wait(p.connection_timeout());
+                let end = start + waited;
+                // Each wait of the pool may start one more connection attempt (r2d2 adds
+                // one per waiter), so the waits are as long as one attempt may take: a
+                // refusal is seen within one connect timeout, with no more than one
+                // attempt per connect timeout started for it.
+                loop {
+                    let now = Instant::now();
+                    let slice = end
+                        .saturating_duration_since(now)
+                        .min(connector.connect_timeout);
+                    if let Ok(c) = p.get_timeout(slice.max(MIN_READ)) {
+                        return Ok(Conn::Own(c));
+                    }
+                    if let Some(failure) = connector.refused_since(start) {
+                        return Err(failure.to_backend_error(addr).unsent());
+                    }
+                    if Instant::now() >= end {
+                        // The last attempt's failure, if the last attempt failed, says
+                        // more than the timeout (a handshake that fails slowly).
+                        return Err(match connector.last_failure() {
+                            Some(failure) => failure.to_backend_error(addr).unsent(),
+                            None => error::checkout_timeout(addr, waited),
+                        });
+                    }
+                }
+            }
         }
-        .map_err(|e| error::pool_error(addr, &e))
     }
 
     /// An idle connection from the pool if one is ready now, to start an operation on
     /// without waiting for a connection or opening one; `None` otherwise (the caller can
     /// then run the operation where waiting does not hold anybody up). Redlock starts
-    /// its fan-out this way.
+    /// its fan-out this way. Part of the hidden seam: outside semver.
+    #[doc(hidden)]
     pub fn idle(&self) -> Option<Idle<'_>> {
         let conn = match &self.inner.pool {
             Pool::Own(p, _) => Conn::Own(p.try_get()?),
@@ -89,6 +128,18 @@ impl RedisBackend {
             backend: self,
             conn,
         })
+    }
+
+    /// The latest a call that starts now ends: after the checkout timeout and one read
+    /// timeout (a resend, a script load and a cut-off read all fit in it). `None` for a
+    /// given pool, whose timeouts are its own.
+    pub(crate) fn call_deadline(&self) -> Option<Instant> {
+        match &self.inner.pool {
+            Pool::Own(p, connector) => {
+                Some(Instant::now() + p.connection_timeout() + connector.read_timeout)
+            }
+            Pool::Given(_) => None,
+        }
     }
 
     /// The read timeout our own connections are set up with; `None` for a given pool,
@@ -161,7 +212,7 @@ impl RedisBackend {
         }
         match result {
             Ok(v) => Read::Reply(v),
-            Err(e) if deadline.is_some() && e.is_timeout() => Read::Late,
+            Err(e) if e.is_timeout() => Read::Late,
             Err(e) => Read::Failed(e),
         }
     }
@@ -183,7 +234,9 @@ impl Sent {
                 let wait = deadline.map_or(connector.connect_timeout, |d| {
                     d.saturating_duration_since(Instant::now()).max(MIN_READ)
                 });
-                Conn::Single(Box::new(connector.connect_within(wait)?))
+                Conn::Single(Box::new(
+                    connector.connect_within(wait).map_err(|f| f.error)?,
+                ))
             }
             Pool::Given(_) => backend.checkout(deadline).map_err(|e| {
                 RedisError::from((ErrorKind::Io, "no fresh connection", e.to_string()))
@@ -243,6 +296,9 @@ pub struct InFlight<T> {
     backend: RedisBackend,
     stage: Stage<T>,
     after: After,
+    /// When [`wait`](InFlight::wait) gives up: the whole-call bound, counted from before
+    /// the checkout (see the crate docs on timeouts).
+    deadline: Option<Instant>,
 }
 
 // Kept inline: boxing the connection would add an allocation to every lock operation.
@@ -328,6 +384,11 @@ impl std::fmt::Debug for Late {
 }
 
 impl Late {
+    /// The connection the late operation went out on.
+    pub(crate) fn into_conn(self) -> Conn {
+        self.conn
+    }
+
     /// The timeout error that stands for the missing answer.
     pub fn error(&self) -> &BackendError {
         &self.error
@@ -393,6 +454,7 @@ impl<T> InFlight<T> {
             backend: backend.clone(),
             stage: Stage::Ready(result),
             after,
+            deadline: None,
         }
     }
 
@@ -415,16 +477,26 @@ impl<T> InFlight<T> {
         }
     }
 
-    /// Waits for the answer with the connection's own timeouts.
+    /// Waits for the outcome until the whole-call deadline.
+    pub(crate) fn wait_outcome(self) -> Outcome<T>
+    where
+        Self: Finish<T>,
+    {
+        let deadline = self.deadline;
+        self.finish(deadline)
+    }
+
+    /// Waits for the answer until the whole-call deadline.
     pub(crate) fn wait(self) -> Result<T, BackendError>
     where
         Self: Finish<T>,
     {
-        self.finish(None).into_result()
+        let deadline = self.deadline;
+        self.finish(deadline).into_result()
     }
 }
 
-fn timeout(backend: &RedisBackend) -> BackendError {
+pub(crate) fn timeout(backend: &RedisBackend) -> BackendError {
     BackendError::new(
         BackendErrorKind::Timeout,
         format!("redis at {}: no answer in time", backend.inner.addr),
@@ -564,6 +636,7 @@ impl RedisBackend {
         conn: Option<Conn>,
         after: After,
     ) -> InFlight<T> {
+        let deadline = self.call_deadline();
         let stage = match self.send(cmd, script, idempotent, conn) {
             Ok(sent) => Stage::Sent(sent),
             Err(e) => Stage::Ready(Err(e)),
@@ -572,6 +645,7 @@ impl RedisBackend {
             backend: self.clone(),
             stage,
             after,
+            deadline,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lock_core::{BackendError, BackendErrorKind, LockBackend, LockError};
-use lock_redis::{RedisBackend, RedisBackendBuilder};
+use lock_redis::RedisBackend;
 
 use crate::node::Node;
 use crate::{
@@ -20,6 +20,81 @@ pub(crate) const MAX_QUEUED_PER_NODE: usize = 1024;
 /// Worker threads of a node the caller talks to directly: they only run cleanups and
 /// retries.
 pub(crate) const DIRECT_WORKERS: usize = 2;
+
+/// Whether construction checks the nodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// `build`: no I/O.
+    None,
+    /// `connect`: a quorum of nodes must answer.
+    Quorum,
+}
+
+/// One resolved node: its label, the backend, and the Redis backend under it for a URL.
+type Resolved = (String, Arc<dyn LockBackend>, Option<RedisBackend>);
+
+/// Checks every node side by side (see [`RedlockBuilder::connect`]); `within` bounds the
+/// wait for them all.
+fn check_quorum(nodes: &[Resolved], within: Duration) -> Result<(), LockError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, (_, backend, _)) in nodes.iter().enumerate() {
+        let (tx, backend) = (tx.clone(), backend.clone());
+        // Detached: a node that hangs past `within` only delays its own thread.
+        std::thread::Builder::new()
+            .name("redlock-connect".into())
+            .spawn(move || {
+                let _ = tx.send((i, backend.health_check()));
+            })
+            .map_err(|e| {
+                LockError::from(
+                    BackendError::new(
+                        BackendErrorKind::Other,
+                        "cannot start a thread to check the nodes",
+                    )
+                    .with_source(e),
+                )
+            })?;
+    }
+    drop(tx);
+    let deadline = std::time::Instant::now() + within;
+    let mut outcomes: Vec<Option<Result<(), BackendError>>> = nodes.iter().map(|_| None).collect();
+    while let Ok((i, r)) =
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+    {
+        outcomes[i] = Some(r);
+    }
+    let ok = outcomes
+        .iter()
+        .filter(|o| matches!(o, Some(Ok(()))))
+        .count();
+    let failed: Vec<String> = outcomes
+        .iter()
+        .zip(nodes)
+        .filter_map(|(o, (addr, _, _))| match o {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(format!("{addr}: {}", crate::report::chain(e))),
+            None => Some(format!("{addr}: no answer within {within:?}")),
+        })
+        .collect();
+    let needed = quorum(nodes.len());
+    if ok < needed {
+        return Err(LockError::from(BackendError::new(
+            BackendErrorKind::Quorum,
+            format!(
+                "{ok} of {} nodes answered, {needed} needed: {}",
+                nodes.len(),
+                failed.join("; ")
+            ),
+        )));
+    }
+    if !failed.is_empty() {
+        log::warn!(
+            "redlock: connected to a quorum only; used lazily: {}",
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
 
 enum NodeSpec {
     Url(String),
@@ -52,45 +127,22 @@ pub struct RedlockBuilder {
     drift_factor: f64,
     pool_size: u32,
     connect_timeout: Duration,
-    tls: Tls,
-}
-
-/// The TLS options, handed to every node's [`RedisBackendBuilder`] as they are.
-#[derive(Default)]
-struct Tls {
-    root_ca: Option<Vec<u8>>,
-    client_cert: Option<(Vec<u8>, Vec<u8>)>,
-    accept_invalid_certs: bool,
-}
-
-impl Tls {
-    fn apply(&self, mut node: RedisBackendBuilder) -> RedisBackendBuilder {
-        if let Some(pem) = &self.root_ca {
-            node = node.tls_root_ca(pem);
-        }
-        if let Some((cert, key)) = &self.client_cert {
-            node = node.tls_client_cert(cert, key);
-        }
-        node.danger_accept_invalid_certs(self.accept_invalid_certs)
-    }
+    #[cfg(feature = "tls")]
+    tls: lock_redis::TlsConfig,
 }
 
 impl fmt::Debug for RedlockBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // URLs may carry passwords: only their number is shown.
-        f.debug_struct("RedlockBuilder")
-            .field("nodes", &self.nodes.len())
+        let mut d = f.debug_struct("RedlockBuilder");
+        d.field("nodes", &self.nodes.len())
             .field("node_timeout", &self.node_timeout)
             .field("drift_factor", &self.drift_factor)
             .field("pool_size", &self.pool_size)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("tls_root_ca", &self.tls.root_ca.is_some())
-            .field("tls_client_cert", &self.tls.client_cert.is_some())
-            .field(
-                "danger_accept_invalid_certs",
-                &self.tls.accept_invalid_certs,
-            )
-            .finish()
+            .field("connect_timeout", &self.connect_timeout);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.finish()
     }
 }
 
@@ -102,7 +154,8 @@ impl RedlockBuilder {
             drift_factor: DEFAULT_DRIFT_FACTOR,
             pool_size: DEFAULT_POOL_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            tls: Tls::default(),
+            #[cfg(feature = "tls")]
+            tls: lock_redis::TlsConfig::default(),
         }
     }
 
@@ -161,39 +214,37 @@ impl RedlockBuilder {
         self
     }
 
-    /// Trusts the CA certificates in `pem` for every `rediss://` node, instead of the
-    /// system's trust store; one PEM may hold the CAs of several nodes. Defaults to unset.
-    /// As [`RedisBackendBuilder::tls_root_ca`], which checks it (once per node); not used
-    /// for nodes given as backends.
-    pub fn tls_root_ca(mut self, pem: impl AsRef<[u8]>) -> Self {
-        self.tls.root_ca = Some(pem.as_ref().to_vec());
+    /// The TLS configuration of every `rediss://` node (one PEM may hold the CAs of
+    /// several nodes); checked once per node as by
+    /// [`RedisBackendBuilder::tls`](lock_redis::RedisBackendBuilder::tls). Not used for
+    /// nodes given as backends. Defaults to [`TlsConfig::new`](lock_redis::TlsConfig::new).
+    /// Only with the `tls` feature.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: lock_redis::TlsConfig) -> Self {
+        self.tls = config;
         self
     }
 
-    /// Presents this client certificate and key (PEM) to every `rediss://` node that asks
-    /// for one. Defaults to unset. As [`RedisBackendBuilder::tls_client_cert`]; not used for
-    /// nodes given as backends.
-    pub fn tls_client_cert(
-        mut self,
-        cert_pem: impl AsRef<[u8]>,
-        key_pem: impl AsRef<[u8]>,
-    ) -> Self {
-        self.tls.client_cert = Some((cert_pem.as_ref().to_vec(), key_pem.as_ref().to_vec()));
-        self
-    }
-
-    /// **Dangerous.** `true` turns every check of the nodes' certificates off, so that
-    /// anyone who can intercept a connection can pose as a node. Defaults to `false`. As
-    /// [`RedisBackendBuilder::danger_accept_invalid_certs`], which says what it allows and
-    /// what it refuses (a `#insecure` URL fragment needs it); not used for nodes given as
-    /// backends.
-    pub fn danger_accept_invalid_certs(mut self, accept: bool) -> Self {
-        self.tls.accept_invalid_certs = accept;
-        self
+    /// Builds the backend as [`build`](RedlockBuilder::build) does, then checks that a
+    /// quorum of the nodes can be used: each URL node opens one connection and answers
+    /// as [`RedisBackendBuilder::connect`](lock_redis::RedisBackendBuilder::connect)
+    /// checks, all nodes side by side, so this takes at most the connect timeout plus
+    /// the node timeout; a node given as a backend passes its
+    /// [`health_check`](LockBackend::health_check). Nodes that fail are logged at `warn`
+    /// and used lazily (they are retried by the first operations). `build` is the lazy
+    /// alternative, for a program that may start before its Redis nodes.
+    ///
+    /// # Errors
+    /// As [`build`](RedlockBuilder::build); and [`LockError::Setup`] of kind
+    /// [`Quorum`](BackendErrorKind::Quorum) when fewer than a quorum of nodes pass, naming
+    /// each failed node (by address, never a password) with its error.
+    pub fn connect(self) -> Result<RedlockBackend, LockError> {
+        self.assemble(Check::Quorum)
     }
 
     /// Validates the options, builds one [`RedisBackend`] per URL and starts the nodes'
-    /// worker threads. Makes no connection: the first operation connects.
+    /// worker threads. Makes no connection: the first operation connects (the lazy
+    /// alternative to [`connect`](RedlockBuilder::connect)).
     ///
     /// # Errors
     /// [`LockError::Setup`] for no nodes, a node listed twice, an invalid URL or TLS
@@ -201,6 +252,10 @@ impl RedlockBuilder {
     /// or pool size, a drift factor outside `0..1`, or a worker thread that cannot be
     /// started.
     pub fn build(self) -> Result<RedlockBackend, LockError> {
+        self.assemble(Check::None)
+    }
+
+    fn assemble(self, check: Check) -> Result<RedlockBackend, LockError> {
         let config =
             |msg: String| LockError::from(BackendError::new(BackendErrorKind::Config, msg));
         if self.nodes.is_empty() {
@@ -232,7 +287,9 @@ impl RedlockBuilder {
                         // Waiting on Redlock polls the quorum; a release message per node
                         // would cost every release and wake nobody.
                         .wake_ups(false);
-                    let backend = self.tls.apply(node).build().map_err(|e| match e {
+                    #[cfg(feature = "tls")]
+                    let node = node.tls(self.tls.clone());
+                    let backend = node.build().map_err(|e| match e {
                         LockError::Setup { source } => {
                             config(format!("node {} of the list: {source}", i + 1))
                         }
@@ -255,6 +312,9 @@ impl RedlockBuilder {
             }
         }
         let n = resolved.len();
+        if check == Check::Quorum {
+            check_quorum(&resolved, self.connect_timeout + self.node_timeout)?;
+        }
         if n % 2 == 0 {
             log::warn!(
                 "redlock over {n} nodes: an even count needs a quorum of {} and tolerates no \

@@ -221,7 +221,9 @@ impl<T> CallState<T> {
             }
             let _ = match slot {
                 Slot::Done(Ok(v)) => write!(out, "{}: {}", node.addr, label(v)),
-                Slot::Done(Err(e)) => write!(out, "{}: error ({e})", node.addr),
+                Slot::Done(Err(e)) => {
+                    write!(out, "{}: error ({})", node.addr, crate::report::chain(e))
+                }
                 Slot::Queued | Slot::Running => match timed_out {
                     Some(waited) => {
                         write!(out, "{}: timeout (no answer within {waited:?})", node.addr)
@@ -232,7 +234,9 @@ impl<T> CallState<T> {
                 Slot::Late(waited) => {
                     write!(out, "{}: timeout (no answer within {waited:?})", node.addr)
                 }
-                Slot::Refused(e) => write!(out, "{}: not sent ({e})", node.addr),
+                Slot::Refused(e) => {
+                    write!(out, "{}: not sent ({})", node.addr, crate::report::chain(e))
+                }
             };
         }
         out

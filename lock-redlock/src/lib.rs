@@ -24,7 +24,7 @@
 //! Every node is a [`RedisBackend`](lock_redis::RedisBackend) (its pool, its Lua scripts,
 //! its timeouts); Redlock adds the quorum on top. The calling thread writes the command
 //! to every node first, on an idle pooled connection of each, and only then reads the
-//! replies ([`RedisBackend::idle`](lock_redis::RedisBackend::idle)), so one lock costs
+//! replies (lock-redis's internal split-I/O seam), so one lock costs
 //! about one round trip whatever N, with no hand-off between threads. It reads the nodes
 //! that answered quickest last time first and a node that is down last; once the answers
 //! decide the call, a node that is down gets 2 ms more, not the whole timeout. A node whose connections
@@ -136,9 +136,13 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod builder;
+mod cleanup;
+mod dispatch;
 mod fanout;
 mod math;
 mod node;
+mod registry;
+mod report;
 #[cfg(test)]
 mod tests;
 
@@ -153,10 +157,13 @@ use parking_lot::Mutex;
 pub use builder::RedlockBuilder;
 pub use math::{drift, quorum, validity, DRIFT_CONSTANT};
 
+use cleanup::{acquire_on, begin_release, cleanup_window, release_with_retries, retry_release};
 use fanout::{Call, CallState, Skip, Slot};
-use lock_redis::{Finish, Idle, InFlight, Late, Outcome};
+use lock_redis::seam::{Finish, Idle, InFlight, Late, Outcome};
 use math::{quorum_remaining, Verdict};
 use node::{Job, Node, Worker};
+use registry::{Hold, Holds};
+use report::acquired_label;
 
 /// Default timeout of each node's answer: 50 ms.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -169,18 +176,10 @@ pub const MAX_POOL_SIZE: u32 = 256;
 /// Default timeout for opening a connection to a node: 1 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = lock_redis::DEFAULT_CONNECT_TIMEOUT;
 
-/// The longest a release that a node could not take is retried: 1 minute.
-const MAX_CLEANUP_WINDOW: Duration = Duration::from_secs(60);
-/// The first pause before a release is retried (doubling up to 1 s).
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-
-/// How long the caller still waits for a node that is down (a release or health check
-/// still goes to it) once the answers of the others have decided the operation: it is
+/// How long the caller still waits for the nodes that have not answered (down, or slower
+/// than the others) once the answers of the others have decided the operation: it is
 /// not worth the whole node timeout.
 const GRACE: Duration = Duration::from_millis(2);
-
-/// Below this many remembered holds nothing is pruned.
-const PRUNE_MIN: usize = 256;
 
 /// A lock store over N independent Redis masters with the Redlock algorithm. See the
 /// [crate docs](crate) for the behaviour, the guarantees and the assumptions.
@@ -205,64 +204,24 @@ struct Inner {
     holds: Arc<Mutex<Holds>>,
 }
 
-/// One acquisition: its fan-out, and the state the release needs.
-struct Hold {
-    key: Vec<u8>,
-    /// The token on the wire: fresh for every attempt (see the crate docs), never the
-    /// manager's.
-    token: Token,
-    ttl: Duration,
-    acquire: Call<Option<Acquired>>,
-    /// For a granted lock, the connections of the nodes whose acquire reply came too late:
-    /// their release goes out behind the acquire on the same connection, so it can never
-    /// overtake it.
-    lates: Mutex<Lates>,
-    /// After this no node can still hold the key: the entry may be pruned.
-    forget_after: Mutex<Instant>,
-}
-
-impl Hold {
-    fn release_op(self: &Arc<Self>) -> Op<bool> {
-        let h = self.clone();
-        Arc::new(move |b| b.release(&h.key, &h.token))
-    }
-}
-
-#[derive(Default)]
-struct Holds {
-    map: HashMap<(Vec<u8>, Token), Arc<Hold>>,
-    prune_at: usize,
-}
-
-impl Holds {
-    /// The wire token of the granted acquisition of `key` that `token` stands for.
-    fn granted(&self, key: &[u8], token: &Token) -> Option<Token> {
-        self.map
-            .get(&(key.to_vec(), token.clone()))
-            .filter(|h| h.acquire.lock().won)
-            .map(|h| h.token.clone())
-    }
-
-    fn insert(&mut self, key: &[u8], token: &Token, hold: Arc<Hold>) {
-        if self.map.len() >= self.prune_at.max(PRUNE_MIN) {
-            // Guards that were forgotten (never released) leave entries behind; drop
-            // those whose keys have expired on every node.
-            let now = Instant::now();
-            self.map.retain(|_, h| *h.forget_after.lock() > now);
-            self.prune_at = self.map.len() * 2;
-        }
-        self.map.insert((key.to_vec(), token.clone()), hold);
-    }
-}
-
 impl RedlockBackend {
     /// A backend over the Redis masters at `urls` (`redis://[user:password@]host[:port][/db]`
-    /// each), with the defaults of [`RedlockBuilder`]. No connection is made yet; call
-    /// [`health_check`](LockBackend::health_check) to check early.
+    /// each), with the defaults of [`RedlockBuilder`], once a quorum of them answers: as
+    /// [`RedlockBuilder::connect`]. [`connect_lazy`](RedlockBackend::connect_lazy) makes
+    /// no connection.
+    ///
+    /// # Errors
+    /// [`LockError::Setup`] as [`RedlockBuilder::connect`].
+    pub fn connect<S: AsRef<str>>(urls: &[S]) -> Result<Self, LockError> {
+        Self::builder(urls).connect()
+    }
+
+    /// As [`connect`](RedlockBackend::connect), but makes no connection (for a program
+    /// that may start before its Redis nodes): as [`RedlockBuilder::build`].
     ///
     /// # Errors
     /// [`LockError::Setup`] as [`RedlockBuilder::build`].
-    pub fn connect<S: AsRef<str>>(urls: &[S]) -> Result<Self, LockError> {
+    pub fn connect_lazy<S: AsRef<str>>(urls: &[S]) -> Result<Self, LockError> {
         Self::builder(urls).build()
     }
 
@@ -349,400 +308,6 @@ fn quorum_error(message: String) -> BackendError {
 
 fn deadline(start: Instant, d: Duration) -> Instant {
     start.checked_add(d).unwrap_or(start)
-}
-
-/// Node `i`'s part of an acquisition, on one of its workers. If a release was asked for
-/// while the command ran, it follows at once on the same worker.
-fn acquire_on(hold: &Arc<Hold>, i: usize, late: Instant, worker: &Worker<'_>) {
-    if let Err(release) = hold.acquire.start(i, Skip::IfLate(late)) {
-        if let Some(release) = release {
-            release.finish(i, Ok(false));
-        }
-        return;
-    }
-    let answer = worker.backend.try_acquire(&hold.key, &hold.token, hold.ttl);
-    worker.record(&answer);
-    let may_hold = !matches!(answer, Ok(None));
-    if let Some(release) = hold.acquire.finish(i, answer) {
-        let released = if may_hold {
-            release_with_retries(&hold.release_op(), worker, cleanup_window(hold.ttl))
-        } else {
-            Ok(false)
-        };
-        release.finish(i, released);
-    }
-}
-
-/// How long a release that a node could not take is retried: while our key may still be
-/// there to remove, i.e. for the TTL, but at most a minute. A node that stays unreachable
-/// longer than that is left to expire the key by itself.
-fn cleanup_window(ttl: Duration) -> Duration {
-    ttl.min(MAX_CLEANUP_WINDOW)
-}
-
-/// Runs a release on the node; if the node fails it, runs it again later (backing off)
-/// for up to `window`, so a node that was paused or unreachable while our acquisition
-/// reached it still has our key removed once it answers again. Returns the first result.
-fn release_with_retries(
-    op: &Op<bool>,
-    worker: &Worker<'_>,
-    window: Duration,
-) -> Result<bool, BackendError> {
-    let first = op(worker.backend);
-    worker.record(&first);
-    if first.is_err() {
-        let give_up = deadline(Instant::now(), window);
-        retry_release(op.clone(), worker, 0, give_up);
-    }
-    first
-}
-
-fn retry_release(op: Op<bool>, worker: &Worker<'_>, attempt: u32, give_up: Instant) {
-    let delay = node::MAX_BACKOFF.min(RETRY_FIRST.saturating_mul(1 << attempt.min(10)));
-    if Instant::now() + delay > give_up {
-        log::warn!(
-            "redlock node {}: gave up releasing a key after {} attempts; it expires by its ttl",
-            worker.addr(),
-            attempt + 1
-        );
-        return;
-    }
-    worker.retry_later(
-        delay,
-        Box::new(move |w| {
-            let r = op(w.backend);
-            w.record(&r);
-            if r.is_err() {
-                retry_release(op, w, attempt + 1, give_up);
-            }
-        }),
-    );
-}
-
-/// Starts releasing an acquisition: returns the release's fan-out and the nodes to send
-/// it to now. A node that answered that another token holds the key needs nothing (it
-/// counts as not deleted). A node still running the acquisition, or (for a granted lock)
-/// yet to run it, releases right after it on the same worker (see [`acquire_on`]), so a
-/// release never overtakes the acquisition it undoes.
-fn begin_release(st: &mut CallState<Option<Acquired>>) -> (Arc<Call<bool>>, Vec<usize>) {
-    let release = Arc::new(Call::new(st.slots.len()));
-    let mut now = Vec::new();
-    {
-        let mut rs = release.lock();
-        for (i, (slot, rslot)) in st.slots.iter_mut().zip(rs.slots.iter_mut()).enumerate() {
-            match slot {
-                Slot::Queued if st.won => *rslot = Slot::Running,
-                Slot::Refused(_) => *rslot = Slot::Done(Ok(false)),
-                Slot::Queued | Slot::Skipped => {
-                    *slot = Slot::Skipped;
-                    *rslot = Slot::Done(Ok(false));
-                }
-                Slot::Done(Ok(None)) => *rslot = Slot::Done(Ok(false)),
-                Slot::Done(_) => now.push(i),
-                // A granted lock's late node may hold the key: release it with the rest.
-                // A failed attempt's caller releases behind the late command itself.
-                Slot::Late(_) if st.won => now.push(i),
-                Slot::Running | Slot::Late(_) => *rslot = Slot::Running,
-            }
-        }
-    }
-    st.then_release = Some(release.clone());
-    (release, now)
-}
-
-impl Inner {
-    fn n(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// Sends `op` to the nodes in `targets` as their part of `call`: a node we connected
-    /// to ourselves that has an idle connection gets the command written by this thread
-    /// at once (returned, to be read with [`read_all`](Self::read_all)); any other node
-    /// (or one whose connections are all busy, or not open yet) gets a job on its workers.
-    /// A node that refuses (overloaded, or down when `gated`) fails at once, having been
-    /// sent nothing.
-    fn dispatch<T: Send + 'static>(
-        &self,
-        call: &Arc<Call<T>>,
-        targets: impl IntoIterator<Item = usize>,
-        (skip, gated): (Skip, bool),
-        op: &Op<T>,
-        direct: Direct<'_, T>,
-    ) -> Flights<T> {
-        let mut flights = Vec::new();
-        for i in targets {
-            let Some(node) = self.nodes.get(i) else {
-                continue;
-            };
-            if gated {
-                if let Err(e) = node.admit() {
-                    call.refuse(i, e);
-                    continue;
-                }
-            }
-            if let Some(idle) = node.redis.as_ref().and_then(|r| r.idle()) {
-                call.sent_directly(i);
-                flights.push((i, direct(idle)));
-                continue;
-            }
-            let (c, op) = (call.clone(), op.clone());
-            let job: Job = Box::new(move |worker| {
-                if c.start(i, skip).is_ok() {
-                    let answer = op(worker.backend);
-                    worker.record(&answer);
-                    c.finish(i, answer);
-                }
-            });
-            if let Err(e) = node.submit(job, false) {
-                call.refuse(i, e);
-            }
-        }
-        flights
-    }
-
-    /// Reads the replies of `flights` into `call`, in order, each until `late` at most,
-    /// until `decided` says the answers settle it. Returns the operations whose replies
-    /// did not come in time (they may still take effect on their nodes) and the flights
-    /// not read yet.
-    fn read_until<T>(
-        &self,
-        call: &Call<T>,
-        flights: Flights<T>,
-        (start, late): (Instant, Instant),
-        decided: impl Fn(&CallState<T>) -> bool,
-    ) -> (Lates, Flights<T>)
-    where
-        InFlight<T>: Finish<T>,
-    {
-        let mut lates = Vec::new();
-        let mut flights = flights;
-        flights.sort_by_cached_key(|(i, _)| self.nodes.get(*i).map(Node::rank));
-        let mut flights = flights.into_iter();
-        for (i, flight) in flights.by_ref() {
-            self.read_one(call, (i, flight), (start, late, late), &mut lates);
-            if decided(&call.lock()) {
-                break;
-            }
-        }
-        (lates, flights.collect())
-    }
-
-    /// Reads the replies of `rest` after a decision: they have usually arrived together
-    /// with the deciding ones. A node that is down is given [`GRACE`] more, not the
-    /// whole wait.
-    fn read_rest<T>(
-        &self,
-        call: &Call<T>,
-        rest: Flights<T>,
-        (start, late): (Instant, Instant),
-        lates: &mut Lates,
-    ) where
-        InFlight<T>: Finish<T>,
-    {
-        let grace = late.min(deadline(Instant::now(), GRACE));
-        for flight in rest {
-            let down = self.nodes.get(flight.0).is_some_and(|n| n.rank().0);
-            let until = if down { grace } else { late };
-            self.read_one(call, flight, (start, late, until), lates);
-        }
-    }
-
-    /// Reads one reply into `call`, for no longer than `until` (`late` is the whole wait:
-    /// only a node that used it up counts as failing).
-    fn read_one<T>(
-        &self,
-        call: &Call<T>,
-        (i, flight): (usize, InFlight<T>),
-        (start, late, until): (Instant, Instant, Instant),
-        lates: &mut Lates,
-    ) where
-        InFlight<T>: Finish<T>,
-    {
-        let Some(node) = self.nodes.get(i) else {
-            return;
-        };
-        match flight.finish(Some(until)) {
-            Outcome::Answered(answer) => {
-                node.record(answer.is_ok());
-                node.record_latency(start.elapsed());
-                call.finish(i, answer);
-            }
-            Outcome::Late(l) => {
-                node.record_latency(start.elapsed());
-                // Only a node that used up the whole wait counts as failing; one cut short
-                // after the decision is merely slower than the others.
-                if until >= late {
-                    node.record(false);
-                }
-                call.late(i, until.saturating_duration_since(start));
-                lates.push((i, l));
-            }
-        }
-    }
-
-    /// Reads every reply of `flights` into `call`: until `decided`, then with the grace.
-    /// Late replies are skipped by their connections; nothing else needs doing about them.
-    fn read_all<T>(
-        &self,
-        call: &Call<T>,
-        flights: Flights<T>,
-        times: (Instant, Instant),
-        decided: impl Fn(&CallState<T>) -> bool,
-    ) where
-        InFlight<T>: Finish<T>,
-    {
-        let (mut lates, rest) = self.read_until(call, flights, times, decided);
-        self.read_rest(call, rest, times, &mut lates);
-    }
-
-    /// Sends `op` to every node, waits until `decided` or the node timeout, and hands the
-    /// answers to `then` with whether the wait timed out and how long it took.
-    fn fan_out<T: Send + 'static, R>(
-        &self,
-        (op, direct): (Op<T>, Direct<'_, T>),
-        skip: Skip,
-        gated: bool,
-        decided: impl Fn(&CallState<T>) -> bool,
-        then: impl FnOnce(&CallState<T>, Option<Duration>, Duration) -> R,
-    ) -> R
-    where
-        InFlight<T>: Finish<T>,
-    {
-        let start = Instant::now();
-        let call = Arc::new(Call::new(self.n()));
-        let flights = self.dispatch(&call, 0..self.n(), (skip, gated), &op, direct);
-        let late = deadline(start, self.node_timeout);
-        self.read_all(&call, flights, (start, late), &decided);
-        let settled = call.settle(start, self.node_timeout, decided);
-        then(&settled.state, settled.timed_out, start.elapsed())
-    }
-
-    /// Sends the release `op` to the nodes in `targets` as their part of `release`; each
-    /// is retried for `window` if the node fails it (see [`release_with_retries`]). With
-    /// `wait`, the nodes we talk to directly are read here until the answers decide the
-    /// release (or `wait` runs out); without, their replies are left to their workers.
-    fn release_on(
-        &self,
-        release: &Arc<Call<bool>>,
-        targets: impl IntoIterator<Item = usize>,
-        hold: &Arc<Hold>,
-        wait: Option<(Instant, Duration)>,
-    ) {
-        let window = cleanup_window(hold.ttl);
-        let op = hold.release_op();
-        let mut flights = Vec::new();
-        for i in targets {
-            let Some(node) = self.nodes.get(i) else {
-                continue;
-            };
-            if wait.is_some() {
-                let late = {
-                    let mut lates = hold.lates.lock();
-                    let at = lates.iter().position(|(n, _)| *n == i);
-                    at.map(|at| lates.swap_remove(at).1)
-                };
-                let flight = match late {
-                    Some(late) => Some(late.start_release(&hold.key, &hold.token)),
-                    None => node
-                        .redis
-                        .as_ref()
-                        .and_then(|r| r.idle())
-                        .map(|idle| idle.release(&hold.key, &hold.token)),
-                };
-                if let Some(flight) = flight {
-                    release.sent_directly(i);
-                    flights.push((i, flight));
-                    continue;
-                }
-            }
-            let (c, op) = (release.clone(), op.clone());
-            let job: Job = Box::new(move |worker| {
-                if c.start(i, Skip::Never).is_ok() {
-                    let answer = release_with_retries(&op, worker, window);
-                    c.finish(i, answer);
-                }
-            });
-            if let Err(e) = node.submit(job, false) {
-                log::warn!("redlock release not sent, the key expires by its ttl: {e}");
-                release.refuse(i, e);
-            }
-        }
-        let Some((start, wait)) = wait else {
-            return;
-        };
-        let q = self.quorum;
-        let decided = |st: &CallState<bool>| st.tally(|d| *d).owned(q).is_some();
-        let direct: Vec<usize> = flights.iter().map(|(i, _)| *i).collect();
-        self.read_all(release, flights, (start, deadline(start, wait)), decided);
-        // A node that failed to answer may still hold our key: its workers ask again.
-        let failed: Vec<usize> = {
-            let st = release.lock();
-            direct
-                .into_iter()
-                .filter(|&i| matches!(st.slots.get(i), Some(Slot::Done(Err(_)) | Slot::Late(_))))
-                .collect()
-        };
-        for i in failed {
-            self.retry_later(i, op.clone(), window);
-        }
-    }
-
-    /// Has node `i`'s workers retry the release `op`, which failed once, for `window`.
-    fn retry_later(&self, i: usize, op: Op<bool>, window: Duration) {
-        let give_up = deadline(Instant::now(), window);
-        let job: Job = Box::new(move |worker| retry_release(op, worker, 0, give_up));
-        if let Err(e) = self.nodes[i].submit(job, false) {
-            log::warn!("redlock release not retried, the key expires by its ttl: {e}");
-        }
-    }
-
-    /// After a failed attempt, releases on each node in `lates` on the connection its
-    /// acquisition went out on, so the node runs the release after it; on the node's
-    /// workers, as part of `release`.
-    fn release_behind(&self, release: &Arc<Call<bool>>, lates: Lates, hold: &Arc<Hold>) {
-        let window = cleanup_window(hold.ttl);
-        for (i, late) in lates {
-            let (c, h) = (release.clone(), hold.clone());
-            let job: Job = Box::new(move |worker| {
-                let answer = late.release(&h.key, &h.token);
-                worker.record(&answer);
-                if answer.is_err() {
-                    let give_up = deadline(Instant::now(), window);
-                    retry_release(h.release_op(), worker, 0, give_up);
-                }
-                c.finish(i, answer);
-            });
-            if let Err(e) = self.nodes[i].submit(job, false) {
-                log::warn!("redlock release not sent, the key expires by its ttl: {e}");
-                release.refuse(i, e);
-            }
-        }
-    }
-
-    /// An error naming every node's outcome.
-    fn failure<T>(
-        &self,
-        what: &str,
-        st: &CallState<T>,
-        yes: usize,
-        need: usize,
-        timed_out: Option<Duration>,
-        label: impl Fn(&T) -> &'static str,
-    ) -> BackendError {
-        quorum_error(format!(
-            "{what}: {yes} of {} nodes, {need} needed: {}",
-            self.n(),
-            st.report(&self.nodes, timed_out, label)
-        ))
-    }
-}
-
-fn acquired_label(a: &Option<Acquired>) -> &'static str {
-    if a.is_some() {
-        "acquired"
-    } else {
-        "held by another"
-    }
 }
 
 impl LockBackend for RedlockBackend {

@@ -739,6 +739,14 @@ fn connect(
     let url = url(port, tls);
     let client = match tls {
         None => redis::Client::open(url)?,
+        #[cfg(not(feature = "tls"))]
+        Some(_) => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "tls servers need the tls feature of lock-tests",
+            )))
+        }
+        #[cfg(feature = "tls")]
         Some(tls) => redis::Client::build_with_tls(
             url,
             redis::TlsCertificates {
@@ -812,6 +820,25 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// A loopback port that nothing listens on (it was free a moment ago): connections to it
+/// are refused.
+pub fn closed_port() -> u16 {
+    free_port()
+}
+
+/// `e` and each of its sources, joined by `": "`, as `anyhow` shows an error with `{:#}`:
+/// what a user reads, each level once.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut shown = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        shown.push_str(": ");
+        shown.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -996,6 +1023,7 @@ mod tests {
         assert_eq!(ping(&mut conn).unwrap(), "PONG");
     }
 
+    #[cfg(feature = "tls")]
     #[test]
     fn tls_server_answers_over_tls_only_and_restarts_as_one() {
         let mut server = RedisServer::start_tls(&TlsSetup::mutual(), &[]);
@@ -1018,6 +1046,7 @@ mod tests {
         assert_eq!(ping(&mut server.raw_connection()).unwrap(), "PONG");
     }
 
+    #[cfg(feature = "tls")]
     #[test]
     fn unrelated_pki_is_not_trusted_by_a_tls_server() {
         let server = RedisServer::start_tls(&TlsSetup::default(), &[]);
