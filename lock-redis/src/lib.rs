@@ -321,8 +321,8 @@ impl RedisBackend {
     /// [`connect_lazy`](RedisBackend::connect_lazy) makes no connection.
     ///
     /// # Errors
-    /// [`LockError::Setup`] for an invalid URL, or a server that cannot be used: see
-    /// [`RedisBackendBuilder::connect`].
+    /// [`LockError::Setup`] for an invalid URL, [`LockError::Unavailable`] for a server
+    /// that does not answer or refuses us: see [`RedisBackendBuilder::connect`].
     pub fn connect(url: &str) -> Result<Self, LockError> {
         Self::builder(url).connect()
     }
@@ -669,10 +669,13 @@ impl RedisBackendBuilder {
     /// pool.
     ///
     /// # Errors
-    /// [`LockError::Setup`] as [`build`](RedisBackendBuilder::build), or with the
-    /// [`BackendError`] met: [`Io`](lock_core::BackendErrorKind::Io) (refused),
-    /// `Timeout`, `Auth`, `Permission` (an ACL user without a right it needs, such as
-    /// `+select` for a database other than 0), `Tls`, or `Config` for a read-only replica.
+    /// [`LockError::Setup`] as [`build`](RedisBackendBuilder::build); otherwise the
+    /// [`BackendError`] met, converted as `From<BackendError>` does: a server that cannot
+    /// be used as configured (`Tls`, or `Config` for a read-only replica) is
+    /// [`LockError::Setup`], and one that does not answer or refuses us
+    /// ([`Io`](lock_core::BackendErrorKind::Io) when refused, `Timeout`, `Auth`,
+    /// `Permission` for an ACL user without a right it needs, such as `+select` for a
+    /// database other than 0) is [`LockError::Unavailable`].
     pub fn connect(self) -> Result<RedisBackend, LockError> {
         let within = self.connect_timeout;
         let backend = self.build()?;
