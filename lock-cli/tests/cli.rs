@@ -611,6 +611,17 @@ fn a_server_that_dies_while_the_command_runs_ends_it_when_the_validity_runs_out(
     assert!(stderr(&out).contains("lost lock"), "{}", stderr(&out));
 }
 
+#[cfg(not(feature = "tls"))]
+#[test]
+fn a_rediss_url_without_the_tls_feature_is_bad_usage_naming_the_feature() {
+    rejects(
+        &["-u", "rediss://:hunter2@127.0.0.1:1/", "status", "x"],
+        USAGE,
+        "`tls`",
+    );
+}
+
+#[cfg(feature = "tls")]
 #[test]
 fn tls_options_reach_the_server() {
     let server = RedisServer::start_tls(&harness::TlsSetup::mutual(), &[]);

@@ -38,7 +38,28 @@ fn described(addr: &str, e: &RedisError, what: &str, hint: Option<&'static str>)
         message.push_str(": ");
         message.push_str(part);
     }
-    BackendError::new(kind, message).with_source(e.clone())
+    BackendError::new(kind, message).with_source(RedisCause(e.clone()))
+}
+
+/// A `redis` error as the cause of a [`BackendError`]. The `redis` crate's `Display`
+/// already says its own cause (an I/O error, a TLS alert) and its `source()` returns
+/// that cause too, so a printed chain would say it twice; this says each cause once: it
+/// hands out the `redis` error's source only when its `Display` does not already say it.
+#[derive(Debug)]
+struct RedisCause(RedisError);
+
+impl std::fmt::Display for RedisCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for RedisCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let inner = std::error::Error::source(&self.0)?;
+        let said = self.0.to_string();
+        (!said.contains(&inner.to_string())).then_some(inner)
+    }
 }
 
 /// The right a refused command needed, when the refusal says (an ACL user without

@@ -111,6 +111,25 @@ fn a_bad_url_says_its_cause_once() {
     assert_eq!(shown.matches(cause.as_str()).count(), 1, "{shown}");
 }
 
+/// Defect: a refused connection printed `Connection refused (os error 111)` twice in its
+/// chain (the `redis` crate's error says its I/O cause and also returns it as source).
+#[test]
+fn a_refused_connection_says_its_cause_once() {
+    let url = format!("redis://127.0.0.1:{}/", closed_port());
+    let err = builder(&url).connect().unwrap_err();
+    let shown = error_chain(&err);
+    assert_eq!(shown.matches("refused").count(), 1, "{shown}");
+    // Each level says something its cause does not.
+    let mut level: &(dyn std::error::Error + 'static) = &err;
+    while let Some(cause) = level.source() {
+        assert!(
+            !level.to_string().contains(&cause.to_string()),
+            "{level} repeats its cause {cause}"
+        );
+        level = cause;
+    }
+}
+
 #[cfg(not(feature = "tls"))]
 #[test]
 fn a_rediss_url_without_the_tls_feature_is_an_error_that_names_the_feature() {
