@@ -82,10 +82,11 @@ impl Inner {
     }
 
     /// Reads the replies of `rest` after a decision: they have usually arrived together
-    /// with the deciding ones. A node that is down or was slower than this call's
-    /// decision last time must not hold up a decided call: its reply is handed to one of
-    /// its workers (the job `behind` makes), which reads it until `late` and acts on it
-    /// (a granted acquisition the call gave up on is released behind it, and so on).
+    /// with the deciding ones. A node that is down or was more than [`GRACE`] slower than
+    /// this call's decision last time must not hold up a decided call: its reply is
+    /// handed to one of its workers (the job `behind` makes), which reads it until `late`
+    /// and acts on it (a granted acquisition the call gave up on is released behind it,
+    /// and so on).
     /// The caller never leaves a reply unread on a connection it gives back, so the
     /// node's next operation does not wait behind it. Only if the node's queue is full
     /// does the caller read it itself, for [`GRACE`] at most; a reply cut off then is
@@ -107,10 +108,12 @@ impl Inner {
             let Some(node) = self.nodes.get(i) else {
                 continue;
             };
-            // The others have most likely answered already, and are read here without
-            // cutting their socket's timeout (two system calls saved).
+            // A node that took at most GRACE longer last time than this call has waited so
+            // far has most likely answered already (the last node read always took a
+            // little longer): it is read here, without cutting its socket's timeout (two
+            // system calls saved), rather than woken a worker for.
             let (down, latency) = node.rank();
-            if !down && latency <= waited {
+            if !down && latency <= waited.saturating_add(GRACE) {
                 self.read_one(call, (i, flight), (start, late, late), lates);
                 continue;
             }

@@ -26,13 +26,14 @@
 //! to every node first, on an idle pooled connection of each, and only then reads the
 //! replies (lock-redis's internal split-I/O seam), so one lock costs
 //! about one round trip whatever N, with no hand-off between threads. It reads the nodes
-//! that answered quickest last time first and a node that is down last. Once the answers
-//! decide the call it returns: the replies of a node that is down or was slower than the
-//! decision last time are handed, unread, to one of the node's workers, which reads them
-//! and acts on them behind the call (a lock it granted that the call gave up on, or that
-//! was released meanwhile, is released; a late acquisition is released behind it on its
-//! connection). So a slow node costs a decided call nothing, and no caller ever writes a
-//! command behind a reply nobody has read. A node whose connections
+//! that answered quickest last time first and a node that is down last. Once the
+//! answers decide the call it returns: the replies of a node that is down or was more
+//! than 2 ms slower than the decision last time are handed, unread, to one of the node's
+//! workers, which reads them and acts on them behind the call (a lock it granted that the
+//! call gave up on, or that was released meanwhile, is released; an acquisition still
+//! unanswered at the node timeout is released behind it on its connection). So a slow
+//! node costs a decided call nothing, and its next operation does not wait behind its
+//! unread replies. A node whose connections
 //! are all busy or not open yet, and nodes given as backends
 //! ([`RedlockBackend::builder_from_backends`]), are run by the node's worker threads
 //! instead, which also carry out everything the caller leaves behind: cleanups after a
