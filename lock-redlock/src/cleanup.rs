@@ -30,6 +30,72 @@ pub(crate) fn acquire_on(hold: &Arc<Hold>, i: usize, late: Instant, worker: &Wor
     }
 }
 
+/// Node `i`'s acquisition reply, handed to one of its workers after the call was decided
+/// (see [`Inner::read_rest`]). Answered, it lands in its slot like a worker's answer
+/// (see [`acquire_on`]): if a release was asked for meanwhile, it follows at once; the
+/// command has run, so a release on any connection comes after it. Late, the
+/// acquisition may still run, so its release must go out behind it on its connection:
+/// at once if one was asked for, otherwise with the lock's release (see `Hold::lates`).
+pub(crate) fn acquire_behind(
+    hold: &Arc<Hold>,
+    i: usize,
+    handed: &Handed<Option<Acquired>>,
+    times: (Instant, Instant),
+    worker: &Worker<'_>,
+) {
+    let Some(outcome) = read_handed(handed, times, worker) else {
+        return;
+    };
+    let window = cleanup_window(hold.ttl);
+    match outcome {
+        Outcome::Answered(answer) => {
+            let may_hold = !matches!(answer, Ok(None));
+            if let Some(release) = hold.acquire.finish(i, answer) {
+                let released = if may_hold {
+                    release_with_retries(&hold.release_op(), worker, window)
+                } else {
+                    Ok(false)
+                };
+                release.finish(i, released);
+            }
+        }
+        Outcome::Late(late) => {
+            // Under the acquisition's lock, so a release asked for meanwhile either is
+            // seen here or finds this connection in `hold.lates`.
+            let mut st = hold.acquire.lock();
+            match st.then_release.clone() {
+                Some(release) => {
+                    drop(st);
+                    release.finish(i, release_late(hold, late, worker, window));
+                }
+                None => {
+                    if let Some(slot @ Slot::Running) = st.slots.get_mut(i) {
+                        *slot = Slot::Late(times.1.saturating_duration_since(times.0));
+                    }
+                    hold.lates.lock().push((i, late));
+                }
+            }
+        }
+    }
+}
+
+/// Releases `hold` behind the `late` command on its connection, so the node runs the
+/// release after it; retried (on any connection) for `window` if the node fails it.
+pub(crate) fn release_late(
+    hold: &Arc<Hold>,
+    late: Box<Late>,
+    worker: &Worker<'_>,
+    window: Duration,
+) -> Result<bool, BackendError> {
+    let answer = late.release(&hold.key, &hold.token);
+    worker.record(&answer);
+    if answer.is_err() {
+        let give_up = deadline(Instant::now(), window);
+        retry_release(hold.release_op(), worker, 0, give_up);
+    }
+    answer
+}
+
 /// How long a release that a node could not take is retried: while our key may still be
 /// there to remove, i.e. for the TTL, but at most a minute. A node that stays unreachable
 /// longer than that is left to expire the key by itself.

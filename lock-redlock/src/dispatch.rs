@@ -82,32 +82,47 @@ impl Inner {
     }
 
     /// Reads the replies of `rest` after a decision: they have usually arrived together
-    /// with the deciding ones. A node that is down or was slower than this call's
-    /// decision last time is given [`GRACE`] more, not the whole wait: it must not hold up
-    /// a decided call. A reply cut off is late: a granted acquisition's release then goes out behind
-    /// it on its connection, a failed one's cleanup likewise (see `Lates`).
-    pub(crate) fn read_rest<T>(
+    /// with the deciding ones. A node that is down or was more than [`GRACE`] slower than
+    /// this call's decision last time must not hold up a decided call: its reply is
+    /// handed to one of its workers (the job `behind` makes), which reads it until `late`
+    /// and acts on it (a granted acquisition the call gave up on is released behind it,
+    /// and so on).
+    /// The caller never leaves a reply unread on a connection it gives back, so the
+    /// node's next operation does not wait behind it. Only if the node's queue is full
+    /// does the caller read it itself, for [`GRACE`] at most; a reply cut off then is
+    /// late (see `Lates`).
+    pub(crate) fn read_rest<T: Send + 'static>(
         &self,
         call: &Call<T>,
         rest: Flights<T>,
         (start, late): (Instant, Instant),
         lates: &mut Lates,
+        behind: Behind<'_, T>,
     ) where
         InFlight<T>: Finish<T>,
     {
         let now = Instant::now();
         let grace = late.min(deadline(now, GRACE));
         let waited = now.saturating_duration_since(start);
-        for flight in rest {
-            // A node that is down, or took longer last time than this call has waited so
-            // far, gets the grace; the others have most likely answered already, and are
-            // read without cutting their socket's timeout (two system calls saved).
-            let slow = self
-                .nodes
-                .get(flight.0)
-                .is_some_and(|n| matches!(n.rank(), (true, _)) || n.rank().1 > waited);
-            let until = if slow { grace } else { late };
-            self.read_one(call, flight, (start, late, until), lates);
+        for (i, flight) in rest {
+            let Some(node) = self.nodes.get(i) else {
+                continue;
+            };
+            // A node that took at most GRACE longer last time than this call has waited so
+            // far has most likely answered already (the last node read always took a
+            // little longer): it is read here, without cutting its socket's timeout (two
+            // system calls saved), rather than woken a worker for.
+            let (down, latency) = node.rank();
+            if !down && latency <= waited.saturating_add(GRACE) {
+                self.read_one(call, (i, flight), (start, late, late), lates);
+                continue;
+            }
+            let handed: Handed<T> = Arc::new(Mutex::new(Some(flight)));
+            if node.submit(behind(i, handed.clone()), false).is_err() {
+                if let Some(flight) = handed.lock().take() {
+                    self.read_one(call, (i, flight), (start, late, grace), lates);
+                }
+            }
         }
     }
 
@@ -144,19 +159,21 @@ impl Inner {
         }
     }
 
-    /// Reads every reply of `flights` into `call`: until `decided`, then with the grace.
-    /// Late replies are skipped by their connections; nothing else needs doing about them.
-    pub(crate) fn read_all<T>(
+    /// Reads every reply of `flights` into `call`: until `decided`, then as
+    /// [`read_rest`](Self::read_rest) does, with `behind`. Late replies are skipped by
+    /// their connections; nothing else needs doing about them.
+    pub(crate) fn read_all<T: Send + 'static>(
         &self,
         call: &Call<T>,
         flights: Flights<T>,
         times: (Instant, Instant),
         decided: impl Fn(&CallState<T>) -> bool,
+        behind: Behind<'_, T>,
     ) where
         InFlight<T>: Finish<T>,
     {
         let (mut lates, rest) = self.read_until(call, flights, times, decided);
-        self.read_rest(call, rest, times, &mut lates);
+        self.read_rest(call, rest, times, &mut lates, behind);
     }
 
     /// Sends `op` to every node, waits until `decided` or the node timeout, and hands the
@@ -176,7 +193,15 @@ impl Inner {
         let call = Arc::new(Call::new(self.n()));
         let flights = self.dispatch(&call, 0..self.n(), (skip, gated), &op, direct);
         let late = deadline(start, self.node_timeout);
-        self.read_all(&call, flights, (start, late), &decided);
+        let behind = |i, handed: Handed<T>| -> Job {
+            let c = call.clone();
+            Box::new(move |w| {
+                if let Some(outcome) = read_handed(&handed, (start, late), w) {
+                    c.finish(i, outcome.into_result());
+                }
+            })
+        };
+        self.read_all(&call, flights, (start, late), &decided, &behind);
         let settled = call.settle(start, self.node_timeout, decided);
         then(&settled.state, settled.timed_out, start.elapsed())
     }
@@ -237,7 +262,21 @@ impl Inner {
         let q = self.quorum;
         let decided = |st: &CallState<bool>| st.tally(|d| *d).owned(q).is_some();
         let direct: Vec<usize> = flights.iter().map(|(i, _)| *i).collect();
-        self.read_all(release, flights, (start, deadline(start, wait)), decided);
+        let late = deadline(start, wait);
+        // A reply read behind the call that failed is retried like the others below.
+        let behind = |i, handed: Handed<bool>| -> Job {
+            let (c, op) = (release.clone(), op.clone());
+            Box::new(move |w| {
+                if let Some(outcome) = read_handed(&handed, (start, late), w) {
+                    let answer = outcome.into_result();
+                    if answer.is_err() {
+                        retry_release(op, w, 0, deadline(Instant::now(), window));
+                    }
+                    c.finish(i, answer);
+                }
+            })
+        };
+        self.read_all(release, flights, (start, late), decided, &behind);
         // A node that failed to answer may still hold our key: its workers ask again.
         let failed: Vec<usize> = {
             let st = release.lock();
@@ -274,13 +313,7 @@ impl Inner {
         for (i, late) in lates {
             let (c, h) = (release.clone(), hold.clone());
             let job: Job = Box::new(move |worker| {
-                let answer = late.release(&h.key, &h.token);
-                worker.record(&answer);
-                if answer.is_err() {
-                    let give_up = deadline(Instant::now(), window);
-                    retry_release(h.release_op(), worker, 0, give_up);
-                }
-                c.finish(i, answer);
+                c.finish(i, release_late(&h, late, worker, window));
             });
             if let Err(e) = self.nodes[i].submit(job, false) {
                 log::warn!("redlock release not sent, the key expires by its ttl: {e}");
@@ -305,4 +338,23 @@ impl Inner {
             st.report(&self.nodes, timed_out, label)
         ))
     }
+}
+
+/// On a node's worker: reads a reply handed over after the decision (see
+/// [`Inner::read_rest`]) until `late`, noting how the node did. `None` if the caller
+/// took it back.
+pub(crate) fn read_handed<T>(
+    handed: &Handed<T>,
+    (start, late): (Instant, Instant),
+    worker: &Worker<'_>,
+) -> Option<Outcome<T>>
+where
+    InFlight<T>: Finish<T>,
+{
+    let flight = handed.lock().take()?;
+    let outcome = flight.finish(Some(late));
+    worker.record_latency(start.elapsed());
+    // The worker waits the whole wait: a reply late for it counts as failing.
+    worker.record_answered(matches!(outcome, Outcome::Answered(Ok(_))));
+    Some(outcome)
 }

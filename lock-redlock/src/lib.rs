@@ -26,8 +26,14 @@
 //! to every node first, on an idle pooled connection of each, and only then reads the
 //! replies (lock-redis's internal split-I/O seam), so one lock costs
 //! about one round trip whatever N, with no hand-off between threads. It reads the nodes
-//! that answered quickest last time first and a node that is down last; once the answers
-//! decide the call, a node that is down gets 2 ms more, not the whole timeout. A node whose connections
+//! that answered quickest last time first and a node that is down last. Once the
+//! answers decide the call it returns: the replies of a node that is down or was more
+//! than 2 ms slower than the decision last time are handed, unread, to one of the node's
+//! workers, which reads them and acts on them behind the call (a lock it granted that the
+//! call gave up on, or that was released meanwhile, is released; an acquisition still
+//! unanswered at the node timeout is released behind it on its connection). So a slow
+//! node costs a decided call nothing, and its next operation does not wait behind its
+//! unread replies. A node whose connections
 //! are all busy or not open yet, and nodes given as backends
 //! ([`RedlockBackend::builder_from_backends`]), are run by the node's worker threads
 //! instead, which also carry out everything the caller leaves behind: cleanups after a
@@ -157,7 +163,11 @@ use parking_lot::Mutex;
 pub use builder::RedlockBuilder;
 pub use math::{drift, quorum, validity, DRIFT_CONSTANT};
 
-use cleanup::{acquire_on, begin_release, cleanup_window, release_with_retries, retry_release};
+use cleanup::{
+    acquire_behind, acquire_on, begin_release, cleanup_window, release_late, release_with_retries,
+    retry_release,
+};
+use dispatch::read_handed;
 use fanout::{Call, CallState, Skip, Slot};
 use lock_redis::seam::{Finish, Idle, InFlight, Late, Outcome};
 use math::{quorum_remaining, Verdict};
@@ -176,9 +186,10 @@ pub const MAX_POOL_SIZE: u32 = 256;
 /// Default timeout for opening a connection to a node: 1 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = lock_redis::DEFAULT_CONNECT_TIMEOUT;
 
-/// How long the caller still waits for the nodes that have not answered (down, or slower
-/// than the others) once the answers of the others have decided the operation: it is
-/// not worth the whole node timeout.
+/// How long the caller still waits for a node that has not answered (down, or slower
+/// than the others) once the answers of the others have decided the operation, if the
+/// node's workers cannot take its reply (their queue is full): it is not worth the whole
+/// node timeout.
 const GRACE: Duration = Duration::from_millis(2);
 
 /// A lock store over N independent Redis masters with the Redlock algorithm. See the
@@ -301,6 +312,11 @@ type Direct<'a, T> = &'a dyn Fn(Idle<'_>) -> InFlight<T>;
 type Flights<T> = Vec<(usize, InFlight<T>)>;
 /// Operations whose replies did not come in time, by node.
 type Lates = Vec<(usize, Box<Late>)>;
+/// A reply handed to a node's worker after the call was decided (see
+/// [`Inner::read_rest`]); the caller takes it back if the worker cannot take the job.
+type Handed<T> = Arc<Mutex<Option<InFlight<T>>>>;
+/// Makes the job that reads node `i`'s handed-over reply and acts on it.
+type Behind<'a, T> = &'a dyn Fn(usize, Handed<T>) -> Job;
 
 fn quorum_error(message: String) -> BackendError {
     BackendError::new(BackendErrorKind::Quorum, message)
@@ -411,12 +427,19 @@ impl LockBackend for RedlockBackend {
         drop(settled);
         // Late answers change nothing decided; a node that granted one holds our key and is
         // released with the rest.
-        inner.read_rest(&hold.acquire, rest, (start, late), &mut lates);
+        let behind = |i, handed: Handed<Option<Acquired>>| -> Job {
+            let h = hold.clone();
+            Box::new(move |w| acquire_behind(&h, i, &handed, (start, late), w))
+        };
+        inner.read_rest(&hold.acquire, rest, (start, late), &mut lates, &behind);
         if won {
             // The release goes to these nodes too, behind the acquire.
-            *hold.lates.lock() = lates;
+            hold.lates.lock().extend(lates);
         } else {
             let (release, targets) = begin_release(&mut hold.acquire.lock());
+            // A worker may have found a handed-over reply late before the release was
+            // asked for; from now on it sees the release (see `acquire_behind`).
+            lates.extend(hold.lates.lock().drain(..));
             inner.release_on(&release, targets, &hold, None);
             inner.release_behind(&release, lates, &hold);
         }

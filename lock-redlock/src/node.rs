@@ -51,6 +51,16 @@ impl Worker<'_> {
         }
     }
 
+    /// Notes whether the node answered in time.
+    pub(crate) fn record_answered(&self, answered: bool) {
+        self.shared.record(answered);
+    }
+
+    /// Notes how long the node took to answer (or how long it was waited for).
+    pub(crate) fn record_latency(&self, took: Duration) {
+        self.shared.health.lock().latency = took;
+    }
+
     /// The node's address, for messages.
     pub(crate) fn addr(&self) -> &str {
         &self.shared.addr
