@@ -508,15 +508,7 @@ impl LockManager {
             max_hold: options.max_hold.unwrap_or(inner.max_hold),
             on_lost: options.on_lost.clone().or_else(|| inner.on_lost.clone()),
         };
-        let hold = Arc::new(Hold::new(
-            ctx.clone(),
-            key,
-            token,
-            ttl,
-            acquired,
-            start,
-            plan,
-        ));
+        let hold = Hold::new_arc(ctx.clone(), key, token, ttl, acquired, start, plan);
         if let Some(r) = renewer {
             r.add(&hold);
         }
