@@ -385,6 +385,7 @@ impl LockManager {
         self.inner.wait
     }
 
+    #[inline]
     fn resolve(
         &self,
         key: &Key,
@@ -406,6 +407,7 @@ impl LockManager {
     }
 
     /// [`acquire`](Self::acquire), with running out of wait reported as a timeout.
+    #[inline]
     fn acquire_or_time_out(
         &self,
         key: Key,
