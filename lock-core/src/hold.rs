@@ -156,8 +156,10 @@ fn add(t: Instant, d: Duration) -> Instant {
 }
 
 impl Hold {
-    /// A hold granted by the backend for an attempt that started at `attempt_start`.
-    pub(crate) fn new(
+    /// A hold granted by the backend for an attempt that started at `attempt_start`,
+    /// built straight into its `Arc` (built on the stack and moved, it cost a copy of the
+    /// whole hold per lock).
+    pub(crate) fn new_arc(
         ctx: Arc<Ctx>,
         key: Key,
         token: Token,
@@ -165,7 +167,7 @@ impl Hold {
         acquired: Acquired,
         attempt_start: Instant,
         plan: Plan,
-    ) -> Self {
+    ) -> Arc<Self> {
         let renewed = plan.renewer.is_some();
         let store_until = add(attempt_start, ttl);
         // Validity is never above the TTL we asked for, whatever a backend says.
@@ -173,7 +175,7 @@ impl Hold {
             true => store_until,
             false => add(attempt_start, acquired.validity),
         };
-        Hold {
+        Arc::new(Hold {
             ctx,
             key,
             name: OnceLock::new(),
@@ -195,7 +197,7 @@ impl Hold {
                 valid_until,
                 store_until,
             }),
-        }
+        })
     }
 
     pub(crate) fn lock_key(&self) -> &Key {

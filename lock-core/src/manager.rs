@@ -385,6 +385,7 @@ impl LockManager {
         self.inner.wait
     }
 
+    #[inline]
     fn resolve(
         &self,
         key: &Key,
@@ -406,6 +407,7 @@ impl LockManager {
     }
 
     /// [`acquire`](Self::acquire), with running out of wait reported as a timeout.
+    #[inline]
     fn acquire_or_time_out(
         &self,
         key: Key,
@@ -508,15 +510,7 @@ impl LockManager {
             max_hold: options.max_hold.unwrap_or(inner.max_hold),
             on_lost: options.on_lost.clone().or_else(|| inner.on_lost.clone()),
         };
-        let hold = Arc::new(Hold::new(
-            ctx.clone(),
-            key,
-            token,
-            ttl,
-            acquired,
-            start,
-            plan,
-        ));
+        let hold = Hold::new_arc(ctx.clone(), key, token, ttl, acquired, start, plan);
         if let Some(r) = renewer {
             r.add(&hold);
         }

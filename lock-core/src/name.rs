@@ -74,6 +74,7 @@ enum KeyBytes {
 }
 
 impl Key {
+    #[inline]
     pub(crate) fn new(prefix: &[u8], name: &[u8]) -> Self {
         let len = prefix.len() + name.len();
         let bytes = match u8::try_from(len) {

@@ -118,6 +118,7 @@ impl LockOptions {
 }
 
 /// Validates a name and makes its backend key, `prefix + name`.
+#[inline]
 pub(crate) fn check_name(prefix: &[u8], name: &[u8]) -> Result<Key, LockError> {
     if name.is_empty() {
         return Err(LockError::invalid(None, "lock name is empty"));

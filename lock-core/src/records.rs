@@ -82,6 +82,7 @@ pub(crate) fn find(mgr: u64, key: &Key, reentrant: bool) -> Found {
 }
 
 /// Records a new hold of this thread.
+#[inline]
 pub(crate) fn push(hold: &Arc<Hold>) {
     let _ = HELD.try_with(|held| {
         held.borrow_mut().push(Record {
@@ -93,6 +94,7 @@ pub(crate) fn push(hold: &Arc<Hold>) {
 
 /// A guard of `hold` leaves this thread (dropped, released, or made `Send`): the record
 /// goes with the thread's last guard of the hold.
+#[inline]
 pub(crate) fn leave(hold: &Arc<Hold>) {
     let _ = HELD.try_with(|held| {
         let mut held = held.borrow_mut();
