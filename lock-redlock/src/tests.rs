@@ -629,11 +629,17 @@ fn a_late_cleanup_never_removes_a_later_attempts_key() {
     // Nodes 0 and 1 grant, the rest are held: contention, cleanup slow on 0 and 1.
     assert_eq!(b.try_acquire(&k, &t, ms(10_000)).unwrap(), None);
     ns[2].store.release(&k, &foreign).unwrap();
-    // Retry with the same token until it is granted (once the cleanup is through).
-    let until = Instant::now() + Duration::from_secs(2);
+    // Retry with the same token until it is granted (once the cleanup is through), with
+    // a jittered, growing pause as the manager's: retries at a fixed 5 ms could keep
+    // re-taking node 0 or 1 for one failed attempt after another, each then held by its
+    // own 100 ms cleanup, for as long as a busy machine keeps their timing in step.
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut pause = ms(5);
     while b.try_acquire(&k, &t, ms(10_000)).unwrap().is_none() {
         assert!(Instant::now() < until, "never granted");
-        sleep(ms(5));
+        let half = pause.as_millis() as u64 / 2;
+        sleep(ms(half + rand::random::<u64>() % (half + 1)));
+        pause = (pause * 2).min(ms(400));
     }
     sleep(ms(250));
     let ours = ns
