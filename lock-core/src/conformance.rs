@@ -825,7 +825,14 @@ pub fn force_release_deletes_whoever_holds<B: LockBackend>(h: &Harness<B>) {
         admin.force_release(&k).unwrap(),
         "there was a lock to delete"
     );
-    assert!(!admin.force_release(&k).unwrap(), "nothing left to delete");
+    // On a quorum backend the acquire may still be on its way to a node that was not
+    // needed for the quorum, and land after the first force release: a second one
+    // deletes that straggler, and then nothing is left.
+    let mut left = admin.force_release(&k).unwrap();
+    if left {
+        left = admin.force_release(&k).unwrap();
+    }
+    assert!(!left, "nothing left to delete");
     assert!(b.inspect(&k, None).unwrap().is_none());
     assert!(!b.release(&k, &t).unwrap());
     let t2 = Token::generate();
