@@ -298,17 +298,7 @@ impl Hold {
         let mut st = self.state.lock();
         match st.phase {
             Phase::Released | Phase::Held { renew_at: None } => Step::Forget,
-            Phase::Lost { reported: true, .. } => Step::Forget,
-            Phase::Lost {
-                reason,
-                reported: false,
-            } => {
-                st.phase = Phase::Lost {
-                    reason,
-                    reported: true,
-                };
-                Step::Report(reason)
-            }
+            Phase::Lost { .. } => self.next_step_after_loss(&mut st),
             Phase::Capped if now >= st.valid_until => {
                 self.lose_locked(&mut st, LossReason::HoldCapReached);
                 self.next_step_after_loss(&mut st)
