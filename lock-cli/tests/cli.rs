@@ -158,7 +158,15 @@ fn intervals(file: &Path) -> Vec<(u128, u128, u64)> {
         .collect()
 }
 
-fn concurrent_runs_do_not_overlap(urls: &str, extra: &[&str]) {
+/// What a backend promises of fencing tokens: one Redis mints them strictly increasing;
+/// Redlock does not promise it (a node's counter can fall behind the others').
+#[derive(Clone, Copy, PartialEq)]
+enum Fencing {
+    Strict,
+    NotPromised,
+}
+
+fn concurrent_runs_do_not_overlap(urls: &str, extra: &[&str], fencing: Fencing) {
     const RUNS: usize = 3;
     let scratch = Scratch::new("overlap");
     let file = scratch.path("stamps");
@@ -188,14 +196,16 @@ fn concurrent_runs_do_not_overlap(urls: &str, extra: &[&str]) {
             pair[0].1 <= pair[1].0,
             "runs overlapped: {pair:?} (start, end ns, fencing token)"
         );
-        assert!(pair[0].2 < pair[1].2, "fencing tokens grow: {pair:?}");
+        if fencing == Fencing::Strict {
+            assert!(pair[0].2 < pair[1].2, "fencing tokens grow: {pair:?}");
+        }
     }
 }
 
 #[test]
 fn two_runs_of_one_name_at_once_run_one_after_the_other() {
     let server = RedisServer::shared();
-    concurrent_runs_do_not_overlap(&server.url(), &[]);
+    concurrent_runs_do_not_overlap(&server.url(), &[], Fencing::Strict);
 }
 
 #[test]
@@ -207,7 +217,7 @@ fn redlock_over_three_servers_runs_one_after_the_other_and_survives_one_down() {
         .collect::<Vec<_>>()
         .join(",");
     let timeout = ["--node-timeout", "500ms"];
-    concurrent_runs_do_not_overlap(&urls, &timeout);
+    concurrent_runs_do_not_overlap(&urls, &timeout, Fencing::NotPromised);
 
     // With one node down, a majority still locks; the key is on the two that are up.
     servers[2].kill();
